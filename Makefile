@@ -1,0 +1,42 @@
+# Every target bootstraps .venv first. torch is installed on its own, pinned, before the rest:
+# an unpinned torch (or a package asking for one) would pull a multi-GB CUDA build.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-core
+BENCH_STAMP := $(VENV)/.installed-bench
+TORCH := torch==2.13.0
+DEMO := build/demo
+PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check
+
+.PHONY: install demo test bench lint clean
+
+install: $(STAMP)
+
+$(STAMP): requirements.txt setup.cfg pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) $(TORCH)
+	$(PIP) -r requirements.txt
+	$(PIP) --no-deps -e .
+	touch $@
+
+$(BENCH_STAMP): $(STAMP) requirements-bench.txt
+	$(PIP) -r requirements-bench.txt
+	touch $@
+
+demo: $(STAMP)
+	$(BIN)/python -m edgec.demo $(DEMO)
+	$(BIN)/edgec build $(DEMO)/digits_cnn.pt2 --target cpu -p fp32 -p fp16 -p int8 --calib $(DEMO)/calib.npz --out $(DEMO)/build
+	$(BIN)/edgec bench $(DEMO)/build --data $(DEMO)/eval.npz --labels $(DEMO)/eval_labels.npy
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+bench: $(BENCH_STAMP)
+	NNCF_CI=1 $(BIN)/python -m edgec.benchmarks.suite --out BENCHMARKS.md
+
+lint: $(STAMP)
+	$(BIN)/python -m pyflakes src compiler targets calibration_data benchmarks tests 2>/dev/null || true
+
+clean:
+	rm -rf build .pytest_cache

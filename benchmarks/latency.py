@@ -1,0 +1,202 @@
+"""Latency of a Runner: warm-up, a timed loop (N iterations or a time budget), and peak memory sampling."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import statistics
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from edgec.compiler.errors import CalibrationError, ConfigError
+from edgec.compiler.types import Feeds
+from edgec.targets.base import Runner
+
+DEFAULT_ITERATIONS = 100
+
+
+@dataclasses.dataclass
+class LatencyStats:
+    """Timings of one artifact, in milliseconds; memory fields are None when psutil is missing."""
+
+    iterations: int
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    mean_ms: float
+    std_ms: float
+    min_ms: float
+    max_ms: float
+    throughput_per_s: float
+    latencies_ms: list[float] = dataclasses.field(default_factory=list)
+    batch: int = 1
+    warmup: int = 0
+    peak_rss_bytes: int | None = None
+    peak_rss_delta_bytes: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> LatencyStats:
+        names = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in d.items() if k in names}
+        values["latencies_ms"] = [float(x) for x in values.get("latencies_ms", [])]
+        return cls(**values)
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> float:
+    """Linear-interpolation percentile (numpy's default) of already sorted values."""
+    if not sorted_values:
+        raise ValueError("percentile of no values")
+    pos = (len(sorted_values) - 1) * q / 100.0
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(sorted_values) - 1)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+
+
+def summarize(latencies_ms: Sequence[float], batch: int = 1, warmup: int = 0) -> LatencyStats:
+    """LatencyStats from per-iteration latencies in milliseconds."""
+    if not latencies_ms:
+        raise ValueError("no latencies to summarize")
+    ordered = sorted(latencies_ms)
+    mean = statistics.fmean(ordered)
+    return LatencyStats(
+        iterations=len(ordered),
+        p50_ms=percentile(ordered, 50),
+        p90_ms=percentile(ordered, 90),
+        p99_ms=percentile(ordered, 99),
+        mean_ms=mean,
+        std_ms=statistics.pstdev(ordered) if len(ordered) > 1 else 0.0,
+        min_ms=ordered[0],
+        max_ms=ordered[-1],
+        # a zero mean (a clock too coarse for the call) would give inf, which JSON cannot hold
+        throughput_per_s=1000.0 / mean * batch if mean > 0 else 0.0,
+        latencies_ms=[round(float(x), 4) for x in latencies_ms],
+        batch=batch,
+        warmup=warmup,
+    )
+
+
+def batch_size(feeds: Feeds) -> int:
+    """The leading dimension of the first input (1 for scalars or empty feeds)."""
+    for value in feeds.values():
+        shape = getattr(value, "shape", ())
+        return int(shape[0]) if len(shape) >= 1 else 1
+    return 1
+
+
+def measure_latency(
+    runner: Runner,
+    feeds_list: list[Feeds],
+    *,
+    warmup: int = 10,
+    iterations: int | None = None,
+    duration: float | None = None,
+    min_iterations: int = 10,
+) -> LatencyStats:
+    """Time ``runner.infer`` over ``feeds_list`` (cycled), after ``warmup`` untimed calls.
+
+    Args:
+        runner: a loaded Runner.
+        feeds_list: the inputs to cycle through.
+        warmup: untimed calls before timing.
+        iterations: timed calls; the default is 100 when ``duration`` is not given either. With ``duration``,
+            a cap on the number of calls.
+        duration: a time budget in seconds for the timed loop; the loop runs at least ``min_iterations``.
+        min_iterations: the floor of the duration mode.
+    """
+    if not feeds_list:
+        raise CalibrationError("no inputs to time the model with", hint="give at least one evaluation sample")
+    if warmup < 0:
+        raise ConfigError(f"warmup must be 0 or more, not {warmup}")
+    if iterations is not None and iterations < 1:
+        raise ConfigError(f"iterations must be at least 1, not {iterations}")
+    if duration is not None and duration <= 0:
+        raise ConfigError(f"duration must be positive, not {duration} s")
+    if min_iterations < 1:
+        raise ConfigError(f"min_iterations must be at least 1, not {min_iterations}")
+    if iterations is None and duration is None:
+        iterations = DEFAULT_ITERATIONS
+
+    n = len(feeds_list)
+    for i in range(warmup):
+        runner.infer(feeds_list[i % n])
+
+    clock = time.perf_counter_ns
+    latencies: list[float] = []
+    budget_ns = int(duration * 1e9) if duration is not None else None
+    start = clock()
+    i = 0
+    while True:
+        if iterations is not None and i >= iterations:
+            break
+        if budget_ns is not None and i >= min_iterations and clock() - start >= budget_ns:
+            break
+        feeds = feeds_list[i % n]
+        t0 = clock()
+        runner.infer(feeds)
+        latencies.append((clock() - t0) / 1e6)
+        i += 1
+    return summarize(latencies, batch=batch_size(feeds_list[0]), warmup=warmup)
+
+
+class MemorySampler:
+    """Samples this process's resident memory (RSS) on a daemon thread while the ``with`` block runs.
+
+    ``baseline_bytes`` is the RSS on entering, ``peak_bytes`` the highest sample (entry and exit included).
+    Both stay None when psutil is not installed.
+    """
+
+    def __init__(self, interval: float = 0.002):
+        self.interval = interval
+        self.baseline_bytes: int | None = None
+        self.peak_bytes: int | None = None
+        self._process: Any = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def available(self) -> bool:
+        return self._process is not None
+
+    @property
+    def delta_bytes(self) -> int | None:
+        if self.baseline_bytes is None or self.peak_bytes is None:
+            return None
+        return self.peak_bytes - self.baseline_bytes
+
+    def _rss(self) -> int:
+        return int(self._process.memory_info().rss)
+
+    def _sample(self) -> None:
+        rss = self._rss()
+        if self.peak_bytes is None or rss > self.peak_bytes:
+            self.peak_bytes = rss
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+    def __enter__(self) -> MemorySampler:
+        try:
+            import psutil
+        except ImportError:
+            return self
+        self._process = psutil.Process()
+        self.baseline_bytes = self._rss()
+        self.peak_bytes = self.baseline_bytes
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name="edgec-memory-sampler", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._thread is None:
+            return
+        self._stop.set()
+        self._thread.join()
+        self._thread = None
+        self._sample()

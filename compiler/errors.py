@@ -1,0 +1,109 @@
+"""Errors the user caused. Anything else that escapes is a bug and keeps its traceback.
+
+Each class carries the exit code the CLI returns for it; the README's table of exit codes is
+generated from these values (``tests/edgec/test_exit_codes.py`` keeps them in step).
+"""
+
+from __future__ import annotations
+
+
+class EdgecError(Exception):
+    """Base of every error the user can fix: a message naming the thing, and a hint saying what to do."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ConfigError(EdgecError):
+    """An option, recipe key, target or precision that is unknown or inconsistent."""
+
+    exit_code = 2
+
+
+class InputFileError(EdgecError):
+    """A file named on the command line is missing or unreadable."""
+
+    exit_code = 3
+
+
+class CheckpointError(EdgecError):
+    """A checkpoint that cannot be loaded, or a model that rejects the declared inputs."""
+
+    exit_code = 3
+
+
+class CalibrationError(EdgecError):
+    """Calibration or evaluation data that does not fit the model (shape, dtype, NaN, too few samples)."""
+
+    exit_code = 3
+
+
+class ExportError(EdgecError):
+    """The model could not be exported to ONNX."""
+
+    exit_code = 4
+
+
+class QuantizationError(EdgecError):
+    """Quantization failed or produced an unusable model."""
+
+    exit_code = 4
+
+
+class TargetBuildError(EdgecError):
+    """A target failed to build an artifact."""
+
+    exit_code = 4
+
+
+class TargetUnavailableError(EdgecError):
+    """A target's runtime or toolchain is not installed; the hint names the extra to install."""
+
+    exit_code = 5
+
+
+class GateFailed(EdgecError):
+    """A benchmark gate (accuracy drop, latency) was broken."""
+
+    exit_code = 6
+
+
+ALL_ERRORS: tuple[type[EdgecError], ...] = (
+    ConfigError,
+    InputFileError,
+    CheckpointError,
+    CalibrationError,
+    ExportError,
+    QuantizationError,
+    TargetBuildError,
+    TargetUnavailableError,
+    GateFailed,
+)
+
+
+def missing_dependency(package: str, extra: str, purpose: str) -> TargetUnavailableError:
+    """The error for an optional dependency that is not installed."""
+    return TargetUnavailableError(
+        f"{purpose} needs the Python package '{package}', which is not installed",
+        hint=f"pip install 'edgec[{extra}]' (or: make install)",
+    )
+
+
+class StageError(RuntimeError):
+    """A bug: a stage raised something other than an EdgecError.
+
+    Not an EdgecError on purpose: the CLI shows its traceback. The message names the failing stage and
+    the stages that ran before it, so a report says where the pipeline broke.
+    """
+
+    def __init__(self, stage: str, before: list[str], cause: BaseException):
+        ran = ", ".join(before) if before else "none"
+        super().__init__(f"stage '{stage}' failed (stages before it: {ran}): {type(cause).__name__}: {cause}")
+        self.stage = stage

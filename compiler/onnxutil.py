@@ -1,0 +1,165 @@
+"""ONNX helpers shared by the stages and the targets: normalisation, saving, sessions, inspection."""
+
+from __future__ import annotations
+
+import collections
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+TWO_GB = 2**31 - 1
+
+
+def constants_to_initializers(model: Any) -> int:
+    """Move Constant nodes' tensors into graph initializers (in place); returns how many moved.
+
+    Quantizers only treat initializers as weights: a Conv whose weight comes from a Constant node would
+    otherwise be quantized as an activation, or not at all.
+    """
+    from onnx import numpy_helper
+
+    moved = 0
+    keep = []
+    for node in model.graph.node:
+        if node.op_type == "Constant" and not node.domain and len(node.attribute) == 1:
+            attr = node.attribute[0]
+            if attr.name == "value":
+                tensor = type(attr.t)()
+                tensor.CopyFrom(attr.t)
+                tensor.name = node.output[0]
+                model.graph.initializer.append(tensor)
+                moved += 1
+                continue
+            if attr.name in ("value_float", "value_floats", "value_int", "value_ints"):
+                val = attr.f if attr.name == "value_float" else attr.i if attr.name == "value_int" else None
+                if val is None:
+                    val = list(attr.floats) if attr.name == "value_floats" else list(attr.ints)
+                dtype = np.float32 if "float" in attr.name else np.int64
+                model.graph.initializer.append(numpy_helper.from_array(np.array(val, dtype=dtype), node.output[0]))
+                moved += 1
+                continue
+        keep.append(node)
+    if moved:
+        del model.graph.node[:]
+        model.graph.node.extend(keep)
+    return moved
+
+
+def save_model(model: Any, path: Path) -> None:
+    import onnx
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if model.ByteSize() > TWO_GB:
+        onnx.save_model(model, str(path), save_as_external_data=True, location=path.name + ".data")
+    else:
+        onnx.save_model(model, str(path))
+
+
+def ort_session(path: Path | str, threads: int = 1, level: str = "all", optimized_path: Path | None = None) -> Any:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    so.graph_optimization_level = {
+        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }[level]
+    if optimized_path is not None:
+        so.optimized_model_filepath = str(optimized_path)
+    return ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
+
+
+def op_histogram(model: Any) -> dict[str, int]:
+    counts = collections.Counter(
+        (f"{n.domain}." if n.domain and n.domain != "ai.onnx" else "") + n.op_type for n in model.graph.node
+    )
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def parameter_count(model: Any) -> int:
+    from onnx import numpy_helper
+
+    total = 0
+    for init in model.graph.initializer:
+        total += int(np.prod(init.dims)) if init.dims else 1
+    for node in model.graph.node:
+        if node.op_type == "Constant":
+            for a in node.attribute:
+                if a.name == "value":
+                    total += int(numpy_helper.to_array(a.t).size)
+    return total
+
+
+def mac_count(model: Any) -> int:
+    """Multiply-accumulates of Conv, ConvTranspose, Gemm and MatMul, from inferred shapes (batch as given)."""
+    import onnx
+
+    inferred = onnx.shape_inference.infer_shapes(model)
+    shapes: dict[str, list[int]] = {}
+    for vi in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
+        dims = [d.dim_value if d.HasField("dim_value") else 1 for d in vi.type.tensor_type.shape.dim]
+        shapes[vi.name] = dims
+    for init in inferred.graph.initializer:
+        shapes[init.name] = list(init.dims)
+    macs = 0
+    for node in inferred.graph.node:
+        out = shapes.get(node.output[0]) if node.output else None
+        if node.op_type == "Conv" and out and len(node.input) > 1 and node.input[1] in shapes:
+            w = shapes[node.input[1]]
+            macs += int(np.prod(out)) * int(np.prod(w[1:]))
+        elif node.op_type == "ConvTranspose" and node.input[0] in shapes and len(node.input) > 1:
+            w = shapes.get(node.input[1], [])
+            x = shapes[node.input[0]]
+            if w and x:
+                macs += int(np.prod(x)) * int(np.prod(w[1:]))
+        elif node.op_type in ("Gemm", "MatMul") and out and node.input[0] in shapes:
+            a = shapes[node.input[0]]
+            trans_a = any(at.name == "transA" and at.i for at in node.attribute)
+            k = a[-2] if trans_a and len(a) >= 2 else (a[-1] if a else 1)
+            macs += int(np.prod(out)) * int(k)
+    return macs
+
+
+# Ops that ORT runs as int8 kernels once QDQ is fused; the float ops they replace.
+INT8_KERNELS = {
+    "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "MatMulIntegerToFloat",
+    "QGemm", "DynamicQuantizeMatMul", "NhwcQLinearConv", "QAttention",
+}
+FLOAT_COMPUTE = {"Conv", "MatMul", "Gemm", "FusedConv", "FusedGemm", "FusedMatMul", "ConvTranspose"}
+
+
+def kernel_counts(model: Any) -> dict[str, int]:
+    """Int8 and float compute kernels in an (optimized) ONNX graph, whatever their domain."""
+    int8 = sum(1 for n in model.graph.node if n.op_type in INT8_KERNELS)
+    flt = [n for n in model.graph.node if n.op_type in FLOAT_COMPUTE]
+    return {"int8": int8, "float": len(flt), "float_nodes": [n.name or n.op_type for n in flt]}
+
+
+def topological_sort(model: Any) -> None:
+    """Reorder the main graph's nodes so each comes after its producers (in place; stable otherwise)."""
+    graph = model.graph
+    available = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
+    pending = list(graph.node)
+    ordered = []
+    while pending:
+        progressed = False
+        rest = []
+        for node in pending:
+            if all(i in available for i in node.input):
+                ordered.append(node)
+                available.update(node.output)
+                progressed = True
+            else:
+                rest.append(node)
+        if not progressed:
+            # Inputs from an outer scope or a cycle: keep what is left in its order rather than guess.
+            ordered.extend(rest)
+            break
+        pending = rest
+    del graph.node[:]
+    graph.node.extend(ordered)

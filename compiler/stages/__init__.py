@@ -1,0 +1,1 @@
+"""The stages of ``edgec build`` that every target shares: load, export, calibrate."""

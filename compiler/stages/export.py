@@ -1,0 +1,249 @@
+"""ExportStage: a loaded model to a clean FP32 ONNX file.
+
+Torch models go through the dynamo exporter (onnxscript), falling back to the TorchScript exporter only when
+dynamo fails (the manifest records which one ran and why). Every model, ONNX input included, then gets its
+Constant nodes turned into initializers, onnxslim, the ONNX checker and shape inference; the largest
+difference from the source model on real inputs is recorded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgec.compiler.context import BuildContext
+from edgec.compiler.errors import ExportError, missing_dependency
+from edgec.compiler.modelio import torch_run
+from edgec.compiler.onnxutil import constants_to_initializers, ort_session, save_model
+from edgec.compiler.stage import Stage
+from edgec.compiler.stages.load import LoadedModel, onnx_spec
+from edgec.compiler.types import CalibrationSet, Feeds, InputSpec, TensorSpec
+
+MODEL_FILE = "model.onnx"
+CHECK_SAMPLES = 8
+
+
+class OnnxModel:
+    """An FP32 ONNX file and its signature, plus how it was made."""
+
+    def __init__(self, path: Path, spec: InputSpec, info: dict[str, Any]):
+        self.path = Path(path)
+        self.spec = spec
+        self.info = info
+
+
+class ExportStage(Stage):
+    name = "export"
+    writes = "onnx"
+    tools = ("torch", "onnx", "onnxscript", "onnxslim", "onnxruntime")
+
+    reads = ("model",)
+
+    def __init__(self, opset: int = 18, slim: bool = True):
+        self.opset = opset
+        self.slim = slim
+
+    def options(self) -> dict[str, Any]:
+        return {"opset": self.opset, "slim": self.slim}
+
+    def run(self, inputs: dict[str, Any], out_dir: Path, ctx: BuildContext) -> OnnxModel:
+        loaded: LoadedModel = inputs["model"]
+        try:
+            import onnx
+        except ImportError:
+            raise missing_dependency("onnx", "onnx", "exporting to ONNX") from None
+        info: dict[str, Any] = {"source_format": loaded.format}
+        if loaded.kind == "onnx":
+            model = onnx.load(str(loaded.onnx_path))
+            info["exporter"] = "none (ONNX input)"
+        else:
+            model = _export_torch(loaded, self.opset, info)
+        info["constants_moved"] = constants_to_initializers(model)
+        if self.slim:
+            model = _slim(model, info)
+        try:
+            onnx.checker.check_model(model, full_check=False)
+            model = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+        except Exception as exc:
+            raise ExportError(
+                f"the exported ONNX model of '{loaded.source}' is invalid: {' '.join(str(exc).split())[:300]}",
+                hint="report this with the model; try --no-slim",
+            ) from None
+        path = out_dir / MODEL_FILE
+        save_model(model, path)
+        spec = _merge_spec(loaded.spec, onnx_spec(model))
+        _check_loads(loaded, path)
+        info["opset"] = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+        return OnnxModel(path, spec, info)
+
+    def save(self, value: OnnxModel, out_dir: Path) -> dict[str, Any]:
+        return {"file": value.path.name, "spec": value.spec.to_dict(), "info": value.info}
+
+    def restore(self, result: dict[str, Any], files: Path) -> OnnxModel:
+        return OnnxModel(files / result["file"], InputSpec.from_dict(result["spec"]), result["info"])
+
+    def summary(self, value: OnnxModel) -> dict[str, Any]:
+        return value.info
+
+
+def _export_torch(loaded: LoadedModel, opset: int, info: dict[str, Any]) -> Any:
+    import onnx
+    import torch
+
+    spec = loaded.spec
+    args = tuple(torch.from_numpy(v) for v in spec.example_feeds().values())
+    input_names = spec.input_names
+    output_names = [t.name for t in spec.outputs]
+    dynamic_axes = {
+        t.name: {i: d for i, d in enumerate(t.shape) if not isinstance(d, int)} for t in spec.inputs if t.is_dynamic
+    }
+    if dynamic_axes:
+        # Dynamic output axes follow the inputs' batch axis when it is dynamic.
+        batch = next((axes[0] for axes in dynamic_axes.values() if 0 in axes), None)
+        if batch is not None:
+            for name in output_names:
+                dynamic_axes[name] = {0: batch}
+    is_script = isinstance(loaded.module, (torch.jit.ScriptModule, torch.jit.ScriptFunction))
+    errors = []
+    if not is_script:
+        try:
+            with _quiet():
+                program = torch.onnx.export(
+                    loaded.exported if loaded.exported is not None and not dynamic_axes else loaded.module, args, None, input_names=input_names, output_names=output_names,
+                    opset_version=max(opset, 18), dynamo=True, external_data=False,
+                    dynamic_axes=dynamic_axes or None, optimize=True, verbose=False,
+                )
+            info["exporter"] = "dynamo"
+            return program.model_proto
+        except Exception as exc:
+            errors.append(f"dynamo: {' '.join(str(exc).split())[:300]}")
+            info["dynamo_error"] = errors[-1]
+    else:
+        info["dynamo_error"] = "TorchScript modules cannot be traced by torch.export"
+    buf = io.BytesIO()
+    try:
+        with _quiet():
+            torch.onnx.export(
+                loaded.module, args, buf, input_names=input_names, output_names=output_names,
+                opset_version=opset, dynamo=False, dynamic_axes=dynamic_axes or None, do_constant_folding=True,
+            )
+    except Exception as exc:
+        errors.append(f"torchscript: {' '.join(str(exc).split())[:300]}")
+        raise ExportError(
+            f"cannot export '{loaded.source}' to ONNX ({'; '.join(errors)})",
+            hint="the error names the unsupported op or construct; rewrite it in the model, or export ONNX yourself",
+        ) from None
+    info["exporter"] = "torchscript (fallback)"
+    return onnx.load_from_string(buf.getvalue())
+
+
+@contextlib.contextmanager
+def _quiet():
+    """The exporters print progress and warnings; a build shows its own progress instead."""
+    sink = io.StringIO()
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def _slim(model: Any, info: dict[str, Any]) -> Any:
+    try:
+        import onnxslim
+    except ImportError:
+        info["slim"] = "skipped: onnxslim not installed"
+        return model
+    try:
+        with _quiet():
+            slimmed = onnxslim.slim(model)
+    except Exception as exc:
+        info["slim"] = f"skipped: onnxslim failed ({' '.join(str(exc).split())[:200]})"
+        return model
+    info["slim"] = "applied"
+    return slimmed
+
+
+def _merge_spec(declared: InputSpec, exported: InputSpec) -> InputSpec:
+    """The exported model's signature, keeping the declared layouts and dynamic axis names."""
+    by_name = {t.name: t for t in declared.inputs}
+    inputs = []
+    for t in exported.inputs:
+        d = by_name.get(t.name)
+        inputs.append(TensorSpec(t.name, d.shape if d else t.shape, t.dtype, d.layout if d else t.layout))
+    return InputSpec(tuple(inputs), exported.outputs)
+
+
+def _check_loads(loaded: LoadedModel, path: Path) -> None:
+    try:
+        ort_session(path)
+    except ImportError:
+        return
+    except Exception as exc:
+        raise ExportError(
+            f"ONNX Runtime cannot load the exported model of '{loaded.source}': {' '.join(str(exc).split())[:300]}",
+            hint="an op may be unsupported by ONNX Runtime; try another --opset",
+        ) from None
+
+
+class VerifyStage(Stage):
+    """The largest difference between the source model and its ONNX export on real calibration inputs."""
+
+    name = "verify-export"
+    reads = ("model", "onnx", "calibration")
+    writes = "export_check"
+    tools = ("torch", "onnxruntime")
+
+    def __init__(self, samples: int = CHECK_SAMPLES):
+        self.samples = samples
+
+    def options(self) -> dict[str, Any]:
+        return {"samples": self.samples}
+
+    def run(self, inputs: dict[str, Any], out_dir: Path, ctx: BuildContext) -> dict[str, Any]:
+        loaded: LoadedModel = inputs["model"]
+        onnx_model: OnnxModel = inputs["onnx"]
+        calibration: CalibrationSet | None = inputs["calibration"]
+        if loaded.kind == "onnx":
+            return {"max_abs_diff": 0.0, "samples": 0, "against": "the input ONNX file itself"}
+        feeds = []
+        if calibration is not None:
+            for i, sample in enumerate(calibration):
+                if i >= self.samples:
+                    break
+                feeds.append(sample)
+        against = "calibration samples"
+        if not feeds:
+            feeds = [onnx_model.spec.example_feeds(seed=i) for i in range(2)]
+            against = "random inputs (no calibration data given)"
+        session = ort_session(onnx_model.path)
+        names = onnx_model.spec.input_names
+        worst = 0.0
+        for f in feeds:
+            ref = torch_run(loaded.module, f, names)
+            got = session.run(None, {n: f[n] for n in names})
+            for r, g in zip(ref, got):
+                if r.size and np.issubdtype(r.dtype, np.floating):
+                    worst = max(worst, float(np.max(np.abs(r.astype(np.float64) - g.astype(np.float64)))))
+        return {"max_abs_diff": worst, "samples": len(feeds), "against": against}
+
+    def save(self, value: dict[str, Any], out_dir: Path) -> dict[str, Any]:
+        return value
+
+    def restore(self, result: dict[str, Any], files: Path) -> dict[str, Any]:
+        return result
+
+    def summary(self, value: dict[str, Any]) -> dict[str, Any]:
+        return value

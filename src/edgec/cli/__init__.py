@@ -1,0 +1,85 @@
+"""The command line: one module per command, thin bodies, heavy imports inside the commands.
+
+This is the one place where an EdgecError becomes ``error: ... / hint: ...`` and an exit code. Anything
+else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from typing import Any
+
+import click
+
+from edgec import __version__
+from edgec.compiler.errors import EdgecError
+
+COMMANDS = {
+    "build": "edgec.cli.build:build",
+    "bench": "edgec.cli.bench:bench",
+    "inspect": "edgec.cli.inspect:inspect",
+    "targets": "edgec.cli.targets:targets",
+}
+
+
+class EdgecGroup(click.Group):
+    """Loads each command's module only when that command runs, and turns user errors into exit codes."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in COMMANDS:
+            return None
+        import importlib
+
+        module, _, attr = COMMANDS[name].partition(":")
+        return getattr(importlib.import_module(module), attr)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except EdgecError as exc:
+            click.echo(f"error: {exc.message}", err=True)
+            if exc.hint:
+                click.echo(f"hint: {exc.hint}", err=True)
+            ctx.exit(exc.exit_code)
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    # SIGTERM unwinds like Ctrl-C, so a build removes its partial output on the way out.
+    raise SystemExit(128 + signum)
+
+
+@click.group(cls=EdgecGroup, context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "EDGEC"})
+@click.version_option(__version__, prog_name="edgec")
+@click.option("-q", "--quiet", is_flag=True, envvar="EDGEC_QUIET", show_envvar=True, help="Print results only, no progress.")
+@click.pass_context
+def cli(ctx: click.Context, quiet: bool) -> None:
+    """edgec: compile trained models for edge devices and benchmark them on their real runtimes.
+
+    \b
+    Exit codes: 0 ok; 1 internal error (a bug: please report it with the traceback);
+    2 bad option, recipe key, target or precision; 3 bad input file (checkpoint, data);
+    4 build failed (export, quantization, target); 5 a target's runtime is not installed;
+    6 a benchmark gate failed; 130 interrupted.
+    """
+    ctx.ensure_object(dict)
+    ctx.obj["quiet"] = quiet
+
+
+def reporter(ctx: click.Context):
+    """Progress lines to stderr, unless --quiet."""
+    if ctx.find_root().obj.get("quiet"):
+        return lambda message: None
+    return lambda message: click.echo(message, err=True)
+
+
+def main() -> None:
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        cli.main(prog_name="edgec")
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)

@@ -1,0 +1,103 @@
+"""The one interface a target implements, and the Runner it hands to the benchmark harness."""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from pathlib import Path
+from typing import Any, ClassVar
+
+from edgec.compiler.errors import ConfigError
+from edgec.compiler.types import Artifact, Feeds, InputSpec, ModelFormat, Precision
+
+
+class Runner(abc.ABC):
+    """Runs one artifact. A context manager; never times itself (the harness does)."""
+
+    #: Name and version of the runtime that runs the artifact, for the results.
+    runtime: str = ""
+
+    def __enter__(self) -> Runner:
+        self.load()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    @abc.abstractmethod
+    def load(self) -> None: ...
+
+    def close(self) -> None:
+        pass
+
+    @abc.abstractmethod
+    def input_specs(self) -> InputSpec: ...
+
+    @abc.abstractmethod
+    def infer(self, feeds: Feeds) -> dict[str, Any]:
+        """Outputs by name, as numpy arrays, for one set of feeds laid out like ``input_specs()``."""
+
+
+def describe_options(options_cls: type) -> list[tuple[str, str, Any, str]]:
+    """(name, type, default, description) for each field of an Options dataclass."""
+    rows = []
+    for f in dataclasses.fields(options_cls):
+        default = f.default if f.default is not dataclasses.MISSING else None
+        rows.append((f.name, str(f.type), default, f.metadata.get("help", "")))
+    return rows
+
+
+def parse_options(options_cls: type, values: dict[str, Any], where: str) -> Any:
+    """Build an Options dataclass from a mapping, naming any unknown key and any value of the wrong type."""
+    fields = {f.name: f for f in dataclasses.fields(options_cls)}
+    for key in values:
+        if key not in fields:
+            raise ConfigError(
+                f"unknown option '{key}' for {where}", hint=f"valid options: {', '.join(fields) or 'none'}"
+            )
+    opts = options_cls(**values)
+    for f in dataclasses.fields(options_cls):
+        choices = f.metadata.get("choices")
+        value = getattr(opts, f.name)
+        if choices and value not in choices:
+            raise ConfigError(
+                f"option {f.name}={value!r} for {where} is not valid", hint=f"use one of: {', '.join(map(str, choices))}"
+            )
+        if value is not None and f.type in ("bool", bool) and not isinstance(value, bool):
+            raise ConfigError(f"option {f.name} for {where} must be true or false, not {value!r}")
+    return opts
+
+
+@dataclasses.dataclass
+class NoOptions:
+    pass
+
+
+class Target(abc.ABC):
+    name: ClassVar[str]  # == folder name == registry key
+    consumes: ClassVar[ModelFormat]
+    precisions: ClassVar[frozenset[Precision]]
+    Options: ClassVar[type] = NoOptions
+    #: Packages whose versions change what ``build`` writes (part of the build cache key).
+    tools: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, options: Any = None):
+        self.options = options if options is not None else self.Options()
+
+    @classmethod
+    @abc.abstractmethod
+    def check_available(cls) -> None:
+        """Raise TargetUnavailableError, with the install hint, when the runtime is missing."""
+
+    def reads(self, precision: Precision) -> tuple[str, ...]:
+        """Pipeline values this target needs for ``precision``."""
+        if self.consumes == ModelFormat.ONNX:
+            return ("onnx", "calibration_stats") if precision == Precision.INT8 else ("onnx",)
+        return ("model", "calibration") if precision == Precision.INT8 else ("model",)
+
+    @abc.abstractmethod
+    def build(self, model: Any, precision: Precision, calibration: Any, out_dir: Path) -> list[Artifact]:
+        """Write this precision's artifacts into ``out_dir`` and describe them."""
+
+    @abc.abstractmethod
+    def open(self, artifact: Artifact, threads: int | None = None) -> Runner: ...

@@ -1,0 +1,203 @@
+"""OnnxRuntimeTarget: FP32 as exported, FP16 with float32 I/O, INT8 as U8S8 QDQ verified to fuse."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from edgec.compiler.errors import QuantizationError, TargetBuildError, missing_dependency
+from edgec.compiler.onnxutil import kernel_counts, ort_session, save_model, topological_sort
+from edgec.compiler.stages.calibrate import CalibrationStats
+from edgec.compiler.stages.export import OnnxModel
+from edgec.compiler.types import Artifact, InputSpec, ModelFormat, Precision, sha256_file
+from edgec.targets.base import Target
+from edgec.targets.onnxruntime.runner import OnnxRuntimeRunner
+
+
+@dataclasses.dataclass
+class OnnxRuntimeOptions:
+    int8_activation: str = dataclasses.field(
+        default="uint8",
+        metadata={
+            "help": "activation type of INT8 models: uint8 (U8S8, fused into int8 kernels on x86) or int8 (S8S8)",
+            "choices": ("uint8", "int8"),
+        },
+    )
+    per_channel: bool = dataclasses.field(default=True, metadata={"help": "int8 weights per output channel"})
+    reduce_range: bool | str = dataclasses.field(
+        default="auto",
+        metadata={
+            "help": "7-bit weights: needed on x86 CPUs without VNNI, whose u8s8 kernels saturate with full-range "
+            "weights; auto = on unless the build host has AVX512-VNNI or AVX-VNNI (or is not x86)",
+            "choices": ("auto", True, False),
+        },
+    )
+    fp16_keep_io_types: bool = dataclasses.field(
+        default=True, metadata={"help": "FP16 models keep float32 inputs and outputs"}
+    )
+
+
+def host_has_vnni() -> bool | None:
+    """Whether this machine's CPU has VNNI dot-product instructions; None when it cannot tell."""
+    import platform
+
+    machine = platform.machine().lower()
+    if machine not in ("x86_64", "amd64", "i686", "x86"):
+        return None
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_vnni", "avx_vnni"})
+    except OSError:
+        pass
+    return None
+
+
+def resolve_reduce_range(value: bool | str) -> tuple[bool, str]:
+    """The reduce_range to build with, and why."""
+    if value != "auto":
+        return bool(value), "set by the profile or recipe"
+    import platform
+
+    vnni = host_has_vnni()
+    if vnni is None and platform.machine().lower() in ("arm64", "aarch64"):
+        return False, "auto: arm64 int8 kernels do not saturate"
+    if vnni:
+        return False, "auto: the build host has VNNI"
+    return True, "auto: the build host has no AVX512-VNNI/AVX-VNNI (u8s8 kernels would saturate)"
+
+
+def quantize_qdq(
+    onnx_path: Path,
+    out_path: Path,
+    stats: CalibrationStats,
+    activation: str,
+    per_channel: bool = True,
+    reduce_range: bool = False,
+    extra: dict[str, Any] | None = None,
+) -> None:
+    """A QDQ model from the shared calibration statistics (no calibration data is read again)."""
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    act = QuantType.QUInt8 if activation == "uint8" else QuantType.QInt8
+    quiet = logging.getLogger()
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            quantize_static(
+                str(onnx_path),
+                str(out_path),
+                calibration_data_reader=None,
+                quant_format=QuantFormat.QDQ,
+                per_channel=per_channel,
+                reduce_range=reduce_range,
+                activation_type=act,
+                weight_type=QuantType.QInt8,
+                calibrate_method=stats.ort_method,
+                calibration_cache_path=str(stats.path),
+                extra_options=extra or {},
+            )
+    except Exception as exc:
+        raise QuantizationError(
+            f"INT8 quantization of '{onnx_path.name}' failed: {' '.join(str(exc).split())[:300]}",
+            hint="try --calibration-method minmax, or build fp32/fp16 only",
+        ) from None
+    finally:
+        quiet.setLevel(level)
+
+
+def fusion_report(path: Path) -> dict[str, Any]:
+    """Int8 kernels against float compute ops left in ONNX Runtime's fully optimized graph."""
+    import onnx
+
+    with tempfile.TemporaryDirectory() as tmp:
+        optimized = Path(tmp) / "optimized.onnx"
+        ort_session(path, threads=1, level="all", optimized_path=optimized)
+        counts = kernel_counts(onnx.load(str(optimized)))
+    counts["fused_fraction"] = round(counts["int8"] / max(1, counts["int8"] + counts["float"]), 4)
+    return counts
+
+
+class OnnxRuntimeTarget(Target):
+    name = "onnxruntime"
+    consumes = ModelFormat.ONNX
+    precisions = frozenset({Precision.FP32, Precision.FP16, Precision.INT8})
+    Options = OnnxRuntimeOptions
+    tools = ("onnx", "onnxruntime")
+
+    @classmethod
+    def check_available(cls) -> None:
+        import importlib.util
+
+        for pkg in ("onnx", "onnxruntime"):
+            if importlib.util.find_spec(pkg) is None:
+                raise missing_dependency(pkg, "onnx", "the onnxruntime target")
+
+    def __init__(self, options: OnnxRuntimeOptions | None = None):
+        super().__init__(options)
+        # Resolved here, not in build(), so the build cache key holds the value actually used.
+        self.options.reduce_range, self.reduce_range_reason = resolve_reduce_range(self.options.reduce_range)
+
+    def build(self, model: OnnxModel, precision: Precision, calibration: Any, out_dir: Path) -> list[Artifact]:
+        import onnx
+
+        out = out_dir / f"model.{precision.value}.onnx"
+        meta: dict[str, Any] = {"runtime": "onnxruntime", "execution_provider": "CPUExecutionProvider"}
+        if precision == Precision.FP32:
+            shutil.copyfile(model.path, out)
+        elif precision == Precision.FP16:
+            self._to_fp16(model, out)
+            meta["fp16_keep_io_types"] = self.options.fp16_keep_io_types
+        else:
+            if not isinstance(calibration, CalibrationStats):
+                raise QuantizationError("INT8 needs calibration statistics", hint="pass --calib PATH")
+            quantize_qdq(
+                model.path, out, calibration, self.options.int8_activation,
+                self.options.per_channel, self.options.reduce_range,
+            )
+            fusion = fusion_report(out)
+            meta.update(
+                {
+                    "quantization": "QDQ",
+                    "flavour": "U8S8" if self.options.int8_activation == "uint8" else "S8S8",
+                    "per_channel": self.options.per_channel,
+                    "reduce_range": self.options.reduce_range,
+                    "reduce_range_reason": self.reduce_range_reason,
+                    "calibration_method": calibration.method,
+                    "calibration_samples": calibration.samples,
+                    "fusion": fusion,
+                }
+            )
+        try:
+            onnx.checker.check_model(str(out))
+        except Exception as exc:
+            raise TargetBuildError(f"the {precision.value} model '{out.name}' is invalid: {exc}") from None
+        spec = InputSpec(model.spec.inputs, model.spec.outputs)
+        return [Artifact(out, ModelFormat.ONNX, precision, self.name, spec, sha256_file(out), meta)]
+
+    def _to_fp16(self, model: OnnxModel, out: Path) -> None:
+        import onnx
+
+        try:
+            from onnxruntime.transformers.float16 import convert_float_to_float16
+        except ImportError:
+            raise missing_dependency("onnxruntime", "onnx", "FP16 conversion") from None
+        m = onnx.load(str(model.path))
+        with contextlib.redirect_stdout(io.StringIO()):
+            m16 = convert_float_to_float16(m, keep_io_types=self.options.fp16_keep_io_types, disable_shape_infer=False)
+        # The converter appends the input Casts at the end of the graph; the ONNX checker wants them first.
+        topological_sort(m16)
+        save_model(m16, out)
+
+    def open(self, artifact: Artifact, threads: int | None = None) -> OnnxRuntimeRunner:
+        self.check_available()
+        return OnnxRuntimeRunner(artifact.path, threads)

@@ -1,0 +1,71 @@
+"""Shared fixtures: an isolated build cache, the trained digits CNN and its data, small models of every kind."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Every test gets its own build cache, so cache hits are only ever the test's own."""
+    cache = tmp_path_factory.mktemp("edgec-cache")
+    monkeypatch.setenv("EDGEC_CACHE_DIR", str(cache))
+    return cache
+
+
+@pytest.fixture(scope="session")
+def digits_assets(tmp_path_factory):
+    """The demo's trained CNN (.pt2), calibration and evaluation sets, trained once per test session."""
+    from edgec.demo import write_demo
+
+    folder = tmp_path_factory.mktemp("digits")
+    paths = write_demo(folder, epochs=12)
+    return paths
+
+
+@pytest.fixture(scope="session")
+def digits_model():
+    from edgec.demo import train_digits_cnn
+
+    model, data = train_digits_cnn(epochs=12)
+    return model, data
+
+
+def run_edgec(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 600):
+    """Run the installed console script, as a user would."""
+    exe = Path(sys.executable).with_name("edgec")
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [str(exe), *map(str, args)], capture_output=True, text=True, cwd=cwd, env=full_env, timeout=timeout
+    )
+
+
+@pytest.fixture
+def edgec_cli():
+    return run_edgec
+
+
+def save_exported(model, example, path: Path) -> Path:
+    import torch
+
+    torch.export.save(torch.export.export(model.eval(), example), str(path))
+    return path
+
+
+def write_npz(path: Path, **arrays: np.ndarray) -> Path:
+    np.savez(path, **arrays)
+    return path
+
+
+@pytest.fixture
+def copy_tree():
+    return shutil.copytree
