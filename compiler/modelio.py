@@ -36,6 +36,14 @@ def import_callable(spec: str, option: str) -> Callable[..., Any]:
             f"{option}: cannot import module '{mod_name}': {exc}",
             hint="make sure it is importable (installed, or on PYTHONPATH), or pass path/to/file.py:function",
         ) from None
+    except ConfigError:
+        raise
+    except Exception as exc:
+        # The user's module raised while being imported: their code, so their error to fix, not ours.
+        raise ConfigError(
+            f"{option}: importing '{mod_name}' raised {type(exc).__name__}: {' '.join(str(exc).split())[:200]}",
+            hint=f"fix the error in '{mod_name}' (run it with python to see the traceback)",
+        ) from None
     fn = getattr(module, attr, None)
     if fn is None or not callable(fn):
         raise ConfigError(f"{option}: '{mod_name}' has no callable named '{attr}'")

@@ -82,17 +82,13 @@ def op_histogram(model: Any) -> dict[str, int]:
 
 
 def parameter_count(model: Any) -> int:
-    from onnx import numpy_helper
+    """Elements of floating-point weights (initializers and Constant nodes); shape constants do not count."""
+    from onnx import TensorProto
 
-    total = 0
-    for init in model.graph.initializer:
-        total += int(np.prod(init.dims)) if init.dims else 1
-    for node in model.graph.node:
-        if node.op_type == "Constant":
-            for a in node.attribute:
-                if a.name == "value":
-                    total += int(numpy_helper.to_array(a.t).size)
-    return total
+    floating = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE}
+    tensors = list(model.graph.initializer)
+    tensors += [a.t for n in model.graph.node if n.op_type == "Constant" for a in n.attribute if a.name == "value"]
+    return sum(int(np.prod(t.dims)) if t.dims else 1 for t in tensors if t.data_type in floating)
 
 
 def mac_count(model: Any) -> int:

@@ -163,6 +163,15 @@ def load_checkpoint(
     return LoadedModel("torch", spec, path, fmt, module=module, exported=exported)
 
 
+def _reason(exc: BaseException) -> str:
+    """One line saying why torch refused: TorchScript puts its own traceback first and the reason last."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    line = lines[-1] if "Traceback of TorchScript" in lines[0] else lines[0]
+    return line[:300]
+
+
 def _corrupt(path: Path, exc: BaseException) -> CheckpointError:
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return CheckpointError(
@@ -294,7 +303,7 @@ def _probe(path: Path, module: Any, inputs: tuple[TensorSpec, ...]) -> InputSpec
         outs = torch_run(module, feeds, [t.name for t in inputs])
     except Exception as exc:
         shapes = ", ".join(f"{t.name}:{t.shape_str()}:{t.dtype}" for t in inputs)
-        first = " ".join(str(exc).split())[:300]
+        first = _reason(exc)
         raise CheckpointError(
             f"the model in '{path}' rejected inputs {shapes}: {first}",
             hint="check --input NAME:SHAPE[:DTYPE] against what the model's forward() expects",

@@ -136,11 +136,13 @@ class OnnxRuntimeTarget(Target):
 
     @classmethod
     def check_available(cls) -> None:
-        import importlib.util
+        import importlib
 
         for pkg in ("onnx", "onnxruntime"):
-            if importlib.util.find_spec(pkg) is None:
-                raise missing_dependency(pkg, "onnx", "the onnxruntime target")
+            try:
+                importlib.import_module(pkg)
+            except ImportError:
+                raise missing_dependency(pkg, "onnx", "the onnxruntime target") from None
 
     def __init__(self, options: OnnxRuntimeOptions | None = None):
         super().__init__(options)

@@ -1,0 +1,112 @@
+"""edgec targets, inspect, recipes, help: through CliRunner and the console script."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from edgec.cli import cli
+
+import zoo_models
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tiny")
+    path = d / "tiny.pt2"
+    torch.export.save(torch.export.export(zoo_models.tiny_cnn().eval(), (torch.zeros(1, 1, 8, 8),)), str(path))
+    np.savez(d / "calib.npz", x=np.random.default_rng(0).random((8, 1, 8, 8), dtype=np.float32))
+    return d
+
+
+def test_help_needs_neither_torch_nor_onnx():
+    code = (
+        "import sys\nfrom click.testing import CliRunner\nfrom edgec.cli import cli\n"
+        "r = CliRunner().invoke(cli, ['--help'])\nassert r.exit_code == 0, r.output\n"
+        "r = CliRunner().invoke(cli, ['build', '--help'])\nassert r.exit_code == 0, r.output\n"
+        "heavy = [m for m in ('torch', 'onnx', 'onnxruntime', 'numpy') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_help_documents_exit_codes_and_env_vars():
+    r = CliRunner().invoke(cli, ["--help"])
+    assert "6 a benchmark gate failed" in r.output and "EDGEC_QUIET" in r.output
+    r = CliRunner().invoke(cli, ["build", "--help"])
+    assert "EDGEC_CACHE_DIR" in r.output
+
+
+def test_targets_lists_profiles_and_availability(edgec_cli):
+    r = edgec_cli("targets")
+    assert r.returncode == 0, r.stderr
+    for name in ("cpu", "x86-avx2", "x86-avx512", "onnxruntime", "reduce_range"):
+        assert name in r.stdout
+    data = json.loads(edgec_cli("targets", "--json").stdout)
+    assert data["backends"]["onnxruntime"]["available"] is True
+    assert {p["profile"] for p in data["profiles"]} >= {"cpu", "x86-avx2"}
+
+
+def test_inspect_torch_checkpoint(tiny):
+    r = CliRunner().invoke(cli, ["inspect", str(tiny / "tiny.pt2"), "--json"])
+    assert r.exit_code == 0, r.output
+    info = json.loads(r.output)
+    # conv 1->4 3x3 (36 + 4) and fc 4->10 (40 + 10)
+    assert info["parameters"] == 90
+    # conv: 4x8x8 outputs x 9 MACs; fc: 10 x 4
+    assert info["macs"] == 4 * 8 * 8 * 9 + 40
+    assert info["ops"]["Conv"] == 1
+    assert info["inputs"][0]["shape"] == [1, 1, 8, 8]
+
+
+def test_inspect_onnx_with_dynamic_batch(tmp_path):
+    path = tmp_path / "const.onnx"
+    zoo_models.onnx_with_constant_weights(path)
+    r = CliRunner().invoke(cli, ["inspect", str(path)])
+    assert r.exit_code == 0, r.output
+    assert "x: batchx1x8x8 float32 NCHW" in r.output
+    assert "parameters: 170" in r.output  # 72 + 8 + 80 + 10, kept in Constant nodes
+    assert "Constant" in r.output
+
+
+def test_recipe_drives_the_build_and_flags_override(tmp_path, tiny):
+    recipe = tmp_path / "edgec.yaml"
+    recipe.write_text(
+        f"checkpoint: {tiny / 'tiny.pt2'}\n"
+        "target: cpu\n"
+        "precision: [fp32, int8]\n"
+        f"calib: {tiny / 'calib.npz'}\n"
+        "calib_samples: 4\n"
+        "calibration_method: percentile\n"
+        "out: recipe-out\n"
+        "target_options:\n  onnxruntime:\n    int8_activation: int8\n"
+    )
+    r = CliRunner().invoke(cli, ["build", "--config", str(recipe), "-p", "int8"])
+    assert r.exit_code == 0, r.output
+    out = tmp_path / "recipe-out"  # relative to the recipe's folder
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [a["precision"] for a in manifest["artifacts"]] == ["int8"]  # the flag replaced the list
+    assert manifest["calibration"]["samples"] == 4 and manifest["calibration"]["method"] == "percentile"
+    assert manifest["artifacts"][0]["metadata"]["flavour"] == "S8S8"
+    again = CliRunner().invoke(cli, ["build", "--config", str(out / "recipe.yaml"), "--out", str(tmp_path / "again")])
+    assert again.exit_code == 0, again.output
+    second = json.loads((tmp_path / "again" / "manifest.json").read_text())
+    assert second["artifacts"][0]["sha256"] == manifest["artifacts"][0]["sha256"]
+
+
+def test_recipe_value_of_the_wrong_type(tmp_path, tiny):
+    recipe = tmp_path / "edgec.yaml"
+    recipe.write_text("calib_samples: many\n")
+    r = CliRunner().invoke(cli, ["build", str(tiny / "tiny.pt2"), "--config", str(recipe), "--out", str(tmp_path / "o")])
+    assert r.exit_code == 2 and "calib_samples" in r.output and "integer" in r.output
+
+
+def test_version(edgec_cli):
+    r = edgec_cli("--version")
+    assert r.returncode == 0 and "edgec" in r.stdout

@@ -1,0 +1,156 @@
+"""Every user mistake: a one-line error and hint, a documented exit code, no traceback, no output folder."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from edgec.cli import cli
+
+import zoo_models
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tiny")
+    path = d / "tiny.pt2"
+    torch.export.save(torch.export.export(zoo_models.tiny_cnn().eval(), (torch.zeros(1, 1, 8, 8),)), str(path))
+    np.savez(d / "calib.npz", x=np.random.default_rng(0).random((8, 1, 8, 8), dtype=np.float32))
+    return d
+
+
+def _run(args, tmp_path):
+    out = tmp_path / "out"
+    result = CliRunner().invoke(cli, [*map(str, args), "--out", str(out)] if args[0] == "build" else list(map(str, args)))
+    return result, out
+
+
+def _assert_user_error(result, out, code, *needles):
+    text = result.output
+    assert result.exit_code == code, text
+    assert "Traceback" not in text
+    assert isinstance(result.exception, SystemExit), repr(result.exception)
+    assert "error: " in text, text
+    for needle in needles:
+        assert needle in text, f"{needle!r} not in {text!r}"
+    if out is not None:
+        assert not out.exists()
+        assert not [p for p in out.parent.iterdir() if ".partial-" in p.name]
+
+
+def test_missing_checkpoint(tmp_path):
+    result, out = _run(["build", tmp_path / "nope.pt2"], tmp_path)
+    _assert_user_error(result, out, 3, "nope.pt2", "does not exist")
+
+
+def test_corrupt_checkpoint(tmp_path, tiny):
+    bad = tmp_path / "bad.pt2"
+    bad.write_bytes((tiny / "tiny.pt2").read_bytes()[:500])
+    result, out = _run(["build", bad], tmp_path)
+    _assert_user_error(result, out, 3, "bad.pt2", "hint:")
+
+
+def test_onnx_failing_the_checker(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["nothing"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+    )
+    path = tmp_path / "broken.onnx"
+    onnx.save(helper.make_model(graph), str(path))
+    result, out = _run(["build", path], tmp_path)
+    _assert_user_error(result, out, 3, "broken.onnx", "ONNX checker")
+
+
+def test_input_shape_the_model_rejects(tmp_path):
+    path = tmp_path / "m.pt"
+    torch.jit.script(zoo_models.tiny_cnn().eval()).save(str(path))
+    result, out = _run(["build", path, "--input", "x:1x3x8x8"], tmp_path)
+    _assert_user_error(result, out, 3, "rejected inputs x:1x3x8x8", "--input")
+
+
+@pytest.mark.parametrize(
+    "data, needle",
+    [
+        (np.zeros((4, 1, 7, 7), np.float32), "shape"),
+        (np.zeros((4, 1, 8, 8), np.int64), "int64"),
+        (np.full((4, 1, 8, 8), np.nan, np.float32), "NaN"),
+        (np.full((4, 1, 8, 8), np.inf, np.float32), "Inf"),
+        (np.zeros((0, 1, 8, 8), np.float32), "no samples"),
+    ],
+    ids=["shape", "dtype", "nan", "inf", "empty"],
+)
+def test_bad_calibration_data(tmp_path, tiny, data, needle):
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, x=data)
+    result, out = _run(["build", tiny / "tiny.pt2", "-p", "int8", "--calib", calib], tmp_path)
+    _assert_user_error(result, out, 3, "calib.npz")
+    assert needle.lower() in result.output.lower()
+
+
+def test_fewer_calibration_samples_than_asked(tmp_path, tiny):
+    result, out = _run(["build", tiny / "tiny.pt2", "-p", "int8", "--calib", tiny / "calib.npz", "--calib-samples", "100"], tmp_path)
+    _assert_user_error(result, out, 3, "--calib-samples", "8")
+
+
+def test_int8_without_calibration(tmp_path, tiny):
+    result, out = _run(["build", tiny / "tiny.pt2", "-p", "int8"], tmp_path)
+    _assert_user_error(result, out, 3, "INT8 needs calibration data", "--calib")
+
+
+def test_unknown_target(tmp_path, tiny):
+    result, out = _run(["build", tiny / "tiny.pt2", "--target", "toaster"], tmp_path)
+    _assert_user_error(result, out, 2, "unknown target 'toaster'", "cpu")
+
+
+def test_unknown_precision(tmp_path, tiny):
+    result, out = _run(["build", tiny / "tiny.pt2", "-p", "int4"], tmp_path)
+    _assert_user_error(result, out, 2, "unknown precision 'int4'", "fp32, fp16, int8")
+
+
+def test_unknown_recipe_key(tmp_path, tiny):
+    recipe = tmp_path / "edgec.yaml"
+    recipe.write_text("precision: [fp32]\ncalib_sample: 10\n")
+    result, out = _run(["build", tiny / "tiny.pt2", "--config", recipe], tmp_path)
+    _assert_user_error(result, out, 2, "unknown key 'calib_sample'", "calib_samples")
+
+
+def test_unknown_target_option_in_recipe(tmp_path, tiny):
+    recipe = tmp_path / "edgec.yaml"
+    recipe.write_text("target_options:\n  onnxruntime:\n    perchannel: false\n")
+    result, out = _run(["build", tiny / "tiny.pt2", "--config", recipe], tmp_path)
+    _assert_user_error(result, out, 2, "unknown option 'perchannel'", "per_channel")
+
+
+def test_out_is_a_foreign_folder(tmp_path, tiny):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "thesis.tex").write_text("precious")
+    result = CliRunner().invoke(cli, ["build", str(tiny / "tiny.pt2"), "--out", str(out)])
+    assert result.exit_code == 2 and "not an edgec build" in result.output
+    assert (out / "thesis.tex").read_text() == "precious"
+
+
+def test_missing_runtime(tmp_path, tiny, edgec_cli):
+    """A broken or absent onnxruntime makes the cpu target unavailable (exit 5), with the install hint."""
+    shadow = tmp_path / "shadow" / "onnxruntime"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError('No module named onnxruntime')\n")
+    out = tmp_path / "out"
+    r = edgec_cli("build", tiny / "tiny.pt2", "--out", out, env={"PYTHONPATH": str(shadow.parent)})
+    assert r.returncode == 5, r.stderr
+    assert "error: the onnxruntime target needs the Python package 'onnxruntime'" in r.stderr
+    assert "hint: pip install" in r.stderr and "Traceback" not in r.stderr
+    assert not out.exists()
+    listed = edgec_cli("targets", env={"PYTHONPATH": str(shadow.parent)})
+    assert listed.returncode == 0 and "unavailable" in listed.stdout
+
+
+def test_bench_without_a_build(tmp_path):
+    result = CliRunner().invoke(cli, ["bench", str(tmp_path), "--data", "x.npz"])
+    _assert_user_error(result, None, 3, "manifest.json")

@@ -1,0 +1,137 @@
+"""The onnxruntime target on the trained digits CNN: accuracy, fusion, flavours, shared calibration."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from edgec.calibration_data import load_dataset
+from edgec.compiler.cache import BuildCache
+from edgec.compiler.context import BuildContext
+from edgec.compiler.onnxutil import ort_session
+from edgec.compiler.pipeline import Pipeline
+from edgec.compiler.stages.calibrate import CalibrateStage
+from edgec.compiler.stages.export import ExportStage
+from edgec.compiler.stages.load import LoadStage, checkpoint_key
+from edgec.compiler.types import Precision
+from edgec.targets.onnxruntime.target import (
+    OnnxRuntimeOptions,
+    OnnxRuntimeTarget,
+    host_has_vnni,
+    quantize_qdq,
+    resolve_reduce_range,
+)
+
+
+@pytest.fixture(scope="module")
+def prepared(digits_assets, tmp_path_factory):
+    """The digits CNN exported and calibrated once for the module."""
+    work = tmp_path_factory.mktemp("ort-target")
+    ctx = BuildContext(work_dir=work, cache=BuildCache(enabled=False))
+    p = Pipeline(ctx)
+    ckpt = digits_assets["checkpoint"]
+    p.seed("checkpoint", ckpt, checkpoint_key(ckpt))
+    p.add(LoadStage(ckpt))
+    p.add(ExportStage())
+    onnx_model = p.value("onnx")
+    calib = load_dataset(digits_assets["calib"], onnx_model.spec)
+    p.seed("calibration", calib, calib.fingerprint)
+    p.add(CalibrateStage("minmax"))
+    stats = p.value("calibration_stats")
+    evaluation = load_dataset(digits_assets["eval"], onnx_model.spec, role="evaluation", labels=digits_assets["eval_labels"])
+    return onnx_model, stats, evaluation, work
+
+
+def _predict(path, evaluation, name):
+    s = ort_session(path)
+    return np.concatenate([s.run(None, {name: f[name]})[0] for f in evaluation.samples])
+
+
+def _build(target, precision, prepared, sub):
+    onnx_model, stats, _, work = prepared
+    out = work / sub
+    out.mkdir(exist_ok=True)
+    return target.build(onnx_model, precision, stats, out)[0]
+
+
+def test_fp32_fp16_int8_accuracy_and_fusion(prepared):
+    onnx_model, _, evaluation, _ = prepared
+    name = onnx_model.spec.input_names[0]
+    target = OnnxRuntimeTarget()
+    arts = {p: _build(target, p, prepared, "default") for p in Precision}
+    logits = {p: _predict(a.path, evaluation, name) for p, a in arts.items()}
+    labels = evaluation.labels
+    fp32_pred = logits[Precision.FP32].argmax(1)
+    assert (fp32_pred == labels).mean() > 0.97
+    assert np.abs(logits[Precision.FP16] - logits[Precision.FP32]).max() < 0.05
+    agreement = (logits[Precision.INT8].argmax(1) == fp32_pred).mean() * 100
+    drop = ((fp32_pred == labels).mean() - (logits[Precision.INT8].argmax(1) == labels).mean()) * 100
+    assert agreement >= 99.0, agreement
+    assert drop <= 1.0, drop
+    fusion = arts[Precision.INT8].metadata["fusion"]
+    assert fusion["float"] == 0 and fusion["int8"] >= 5, fusion
+    assert arts[Precision.INT8].metadata["flavour"] == "U8S8"
+    # FP16 keeps float32 inputs and outputs, so callers need not convert.
+    m16 = onnx.load(str(arts[Precision.FP16].path))
+    assert m16.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in m16.graph.initializer)
+    onnx.checker.check_model(m16, full_check=True)
+
+
+def test_u8s8_qdq_layout(prepared):
+    art = _build(OnnxRuntimeTarget(), Precision.INT8, prepared, "u8s8")
+    m = onnx.load(str(art.path))
+    inits = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
+    q_nodes = [n for n in m.graph.node if n.op_type == "QuantizeLinear"]
+    assert q_nodes
+    assert all(inits[n.input[2]].dtype == np.uint8 for n in q_nodes if len(n.input) > 2 and n.input[2] in inits)
+    weight_dq = [n for n in m.graph.node if n.op_type == "DequantizeLinear" and inits.get(n.input[0]) is not None
+                 and inits[n.input[0]].ndim == 4]
+    assert weight_dq and all(inits[n.input[0]].dtype == np.int8 for n in weight_dq)
+    # Per-channel: one scale per output channel.
+    assert all(inits[n.input[1]].size == inits[n.input[0]].shape[0] for n in weight_dq)
+
+
+def test_s8s8_flavour_from_the_same_statistics(prepared):
+    onnx_model, stats, _, work = prepared
+    before = stats.path.read_bytes()
+    art = _build(OnnxRuntimeTarget(OnnxRuntimeOptions(int8_activation="int8")), Precision.INT8, prepared, "s8s8")
+    assert art.metadata["flavour"] == "S8S8"
+    m = onnx.load(str(art.path))
+    inits = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
+    zps = [inits[n.input[2]] for n in m.graph.node if n.op_type == "QuantizeLinear" and len(n.input) > 2]
+    assert zps and all(z.dtype == np.int8 for z in zps)
+    # The statistics file is read, never rewritten: calibration ran once for both flavours.
+    assert stats.path.read_bytes() == before
+
+
+def test_quantize_needs_no_calibration_data(prepared, tmp_path):
+    """The shared statistics are enough to quantize: no data reader is passed at all."""
+    onnx_model, stats, evaluation, _ = prepared
+    out = tmp_path / "q.onnx"
+    quantize_qdq(onnx_model.path, out, stats, "uint8", reduce_range=True)
+    name = onnx_model.spec.input_names[0]
+    assert _predict(out, evaluation, name).shape == (len(evaluation), 10)
+
+
+def test_reduce_range_resolution():
+    assert resolve_reduce_range(True)[0] is True
+    assert resolve_reduce_range(False)[0] is False
+    value, reason = resolve_reduce_range("auto")
+    vnni = host_has_vnni()
+    if vnni is not None:
+        assert value is (not vnni)
+    assert reason.startswith("auto")
+    assert OnnxRuntimeTarget().options.reduce_range in (True, False)
+
+
+@pytest.mark.parametrize("method", ["entropy", "percentile"])
+def test_other_calibration_methods(prepared, tmp_path, method):
+    onnx_model, _, evaluation, _ = prepared
+    ctx = BuildContext(work_dir=tmp_path, cache=BuildCache(enabled=False))
+    stats = CalibrateStage(method).run({"onnx": onnx_model, "calibration": evaluation}, tmp_path, ctx)
+    assert stats.method == method and stats.tensors > 5
+    art = OnnxRuntimeTarget().build(onnx_model, Precision.INT8, stats, tmp_path)[0]
+    assert art.metadata["calibration_method"] == method
