@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from edgec.compiler.context import BuildContext
 from edgec.compiler.errors import CalibrationError, ConfigError, QuantizationError, missing_dependency
 from edgec.compiler.stage import Stage
@@ -47,20 +49,26 @@ class CalibrationStats:
         from onnxruntime.quantization.calibrate import load_tensors_data
 
         data = load_tensors_data(self.path)
-        return {k: (float(v.range_value[0]), float(v.range_value[1])) for k, v in data.items()}
+        def scalar(x: Any) -> float:
+            return float(np.asarray(x).ravel()[0])
+
+        return {k: (scalar(v.range_value[0]), scalar(v.range_value[1])) for k, v in data.items()}
+
+
+CHUNK = 32
 
 
 class _Reader:
-    """ONNX Runtime's CalibrationDataReader over a CalibrationSet."""
+    """ONNX Runtime's CalibrationDataReader over a slice of a calibration set."""
 
-    def __init__(self, calibration: CalibrationSet, names: list[str]):
-        self._calibration = calibration
+    def __init__(self, samples: list[Feeds], names: list[str]):
+        self._samples = samples
         self._names = names
         self._it: Iterator[Feeds] | None = None
 
     def get_next(self) -> Feeds | None:
         if self._it is None:
-            self._it = iter(self._calibration)
+            self._it = iter(self._samples)
         sample = next(self._it, None)
         return None if sample is None else {n: sample[n] for n in self._names}
 
@@ -74,7 +82,18 @@ class _Reader:
         return item
 
     def __len__(self) -> int:
-        return len(self._calibration)
+        return len(self._samples)
+
+
+def _chunks(calibration: CalibrationSet, size: int) -> Iterator[list[Feeds]]:
+    chunk: list[Feeds] = []
+    for sample in calibration:
+        chunk.append(sample)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 class CalibrateStage(Stage):
@@ -107,10 +126,7 @@ class CalibrateStage(Stage):
         onnx_model: OnnxModel = inputs["onnx"]
         calibration: CalibrationSet = inputs["calibration"]
         extra: dict[str, Any] = {}
-        if self.method == "minmax":
-            # Reduce every 32 samples, so memory does not grow with the calibration set.
-            extra["max_intermediate_outputs"] = 32
-        elif self.method == "percentile":
+        if self.method == "percentile":
             extra["percentile"] = self.percentile
         stats = CalibrationStats(out_dir / RANGES_FILE, self.method, len(calibration), 0)
         with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
@@ -123,7 +139,11 @@ class CalibrateStage(Stage):
                         calibrate_method=stats.ort_method,
                         extra_options=extra,
                     )
-                    calibrator.collect_data(_Reader(calibration, onnx_model.spec.input_names))
+                    # Fed in chunks so memory does not grow with the calibration set: each collect_data call
+                    # merges its chunk into the ranges so far. (ORT's own max_intermediate_outputs option drops
+                    # every full chunk without merging it in ORT 1.32, leaving only the last len % n samples.)
+                    for chunk in _chunks(calibration, CHUNK):
+                        calibrator.collect_data(_Reader(chunk, onnx_model.spec.input_names))
                     data = calibrator.compute_data()
             except Exception as exc:
                 raise QuantizationError(
