@@ -158,6 +158,12 @@ def _bench_one(
             stats = measure_latency(
                 runner, feeds_list, warmup=warmup, iterations=iterations, duration=duration
             )
+        # Runtimes that can time the accelerator itself (CUDA events for TensorRT) report that beside the host time.
+        time_device = getattr(runner, "time_device", None)
+        device_latency = None
+        if callable(time_device):
+            say(f"{artifact.name}: timing on the device")
+            device_latency = time_device(feeds_list[0], warmup, iterations or DEFAULT_ITERATIONS)
         say(f"{artifact.name}: running {len(feeds_list)} evaluation samples")
         outputs = _run_all(runner, feeds_list, artifact)
         runtime = runner.runtime
@@ -175,6 +181,7 @@ def _bench_one(
         sha256=artifact.sha256 or sha256_file(path),
         threads=threads,
         latency=stats,
+        device_latency=device_latency,
         environment=environment(runtime),
         started_at=started,
     )

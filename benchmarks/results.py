@@ -70,6 +70,9 @@ class RunResult:
     environment: dict[str, Any] = dataclasses.field(default_factory=dict)
     started_at: str = ""
     is_reference: bool = False  # this artifact is the one the others were compared against
+    # Accelerator-side timing when the runtime offers it (TensorRT: CUDA events around the enqueue, and the host
+    # time of whole calls with copies), as {"gpu_ms": {...}, "host_ms": {...}, "iterations", "warmup"}.
+    device_latency: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}

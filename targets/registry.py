@@ -18,6 +18,7 @@ from edgec.targets.base import Target
 
 BUILTIN: dict[str, str] = {
     "onnxruntime": "edgec.targets.onnxruntime.target:OnnxRuntimeTarget",
+    "tensorrt": "edgec.targets.tensorrt.target:TensorRTTarget",
 }
 ENTRY_POINT_GROUP = "edgec.targets"
 

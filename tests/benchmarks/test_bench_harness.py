@@ -249,3 +249,42 @@ def test_import_is_light_and_layered():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_runner_with_device_timing_reports_it(tmp_path, monkeypatch):
+    """A runner that can time its accelerator (TensorRT's CUDA events) gets its figures into the results."""
+    import edgec.benchmarks.harness as harness
+    from edgec.benchmarks.results import BenchResults
+
+    calls = []
+
+    class DeviceRunner:
+        runtime = "fake accelerator"
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            pass
+
+        def input_specs(self):
+            return art.spec
+
+        def infer(self, feeds):
+            return {t.name: np.zeros(t.concrete_shape(), np.float32) for t in art.spec.outputs}
+
+        def time_device(self, feeds, warmup, iterations):
+            calls.append((warmup, iterations))
+            return {"gpu_ms": {"p50": 0.5}, "host_ms": {"p50": 0.9}, "iterations": iterations, "warmup": warmup}
+
+    model = tmp_path / "m.onnx"
+    save_classifier(model, *classifier_weights())
+    art = make_artifact(model)
+    monkeypatch.setattr(harness, "open_runner", lambda artifact, threads=None: DeviceRunner())
+    feeds = [{art.spec.inputs[0].name: np.zeros(art.spec.inputs[0].concrete_shape(), np.float32)}]
+    results = harness.bench_artifacts([art], feeds, warmup=2, iterations=7)
+    assert calls == [(2, 7)]
+    assert results.runs[0].device_latency["gpu_ms"]["p50"] == 0.5
+    path = tmp_path / "r.json"
+    results.to_json(path)
+    assert BenchResults.from_json(path).runs[0].device_latency["host_ms"]["p50"] == 0.9

@@ -20,6 +20,7 @@ COMMANDS = {
     "bench": "edgec.cli.bench:bench",
     "inspect": "edgec.cli.inspect:inspect",
     "targets": "edgec.cli.targets:targets",
+    "engine": "edgec.cli.engine:engine",
 }
 
 

@@ -1,0 +1,109 @@
+"""INT8 QDQ ONNX in TensorRT's flavour, made from the shared calibration statistics (no data is read again).
+
+TensorRT's explicit quantization wants: signed int8, symmetric (zero point 0), weights per output channel,
+no int32 bias DequantizeLinear, and Q/DQ on the inputs of Conv/ConvTranspose/Gemm/MatMul and of residual
+Adds, nowhere else (TensorRT fuses Relu, pooling and the residual Add into the int8 kernels itself).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from edgec.compiler.errors import QuantizationError, missing_dependency
+from edgec.compiler.onnxutil import save_model
+from edgec.compiler.stages.calibrate import CalibrationStats
+from edgec.targets.tensorrt.fp16 import name_nodes
+
+WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+MIN_OPSET = 13
+
+
+def constant_names(model: Any) -> set[str]:
+    """Tensors whose value is fixed at build time: initializers and Constant outputs."""
+    names = {i.name for i in model.graph.initializer}
+    names |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    return names
+
+
+def is_residual_add(node: Any, constants: set[str]) -> bool:
+    """An Add of two computed tensors (a skip connection), not a bias or constant offset."""
+    return node.op_type == "Add" and len(node.input) == 2 and not (set(node.input) & constants)
+
+
+def nodes_to_quantize(model: Any) -> list[str]:
+    constants = constant_names(model)
+    return [n.name for n in model.graph.node if n.op_type in WEIGHTED_OPS or is_residual_add(n, constants)]
+
+
+def quantize_tensorrt(src: Path, out: Path, stats: CalibrationStats, per_channel: bool = True) -> dict[str, Any]:
+    """Write ``out``, the TensorRT-flavoured QDQ model of ``src``; returns what the metadata records."""
+    try:
+        import onnx
+        from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+    except ImportError:
+        raise missing_dependency("onnxruntime", "onnx", "INT8 quantization for TensorRT") from None
+    model = onnx.load(str(src))
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset < MIN_OPSET:
+        # Per-channel QuantizeLinear/DequantizeLinear (the axis attribute) arrived in opset 13.
+        model = onnx.version_converter.convert_version(model, MIN_OPSET)
+    name_nodes(model)
+    selected = nodes_to_quantize(model)
+    if not selected:
+        raise QuantizationError(
+            f"'{src.name}' has no Conv, ConvTranspose, Gemm, MatMul or residual Add to quantize",
+            hint="build fp16 for this model: INT8 would change nothing on TensorRT",
+        )
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        with tempfile.TemporaryDirectory(prefix="edgec-trt-q-") as tmp:
+            named = Path(tmp) / "named.onnx"
+            save_model(model, named)
+            with contextlib.redirect_stdout(io.StringIO()):
+                quantize_static(
+                    str(named),
+                    str(out),
+                    calibration_data_reader=None,
+                    quant_format=QuantFormat.QDQ,
+                    op_types_to_quantize=[*WEIGHTED_OPS, "Add"],
+                    nodes_to_quantize=selected,
+                    per_channel=per_channel,
+                    reduce_range=False,
+                    activation_type=QuantType.QInt8,
+                    weight_type=QuantType.QInt8,
+                    calibrate_method=stats.ort_method,
+                    calibration_cache_path=str(stats.path),
+                    extra_options={
+                        "ActivationSymmetric": True,
+                        "WeightSymmetric": True,
+                        "QuantizeBias": False,
+                        # Inputs only: TensorRT fuses the rest, and a quantized model output would round the logits.
+                        "OpTypesToExcludeOutputQuantization": [*WEIGHTED_OPS, "Add"],
+                        "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1},
+                    },
+                )
+    except QuantizationError:
+        raise
+    except Exception as exc:
+        raise QuantizationError(
+            f"TensorRT INT8 quantization of '{src.name}' failed: {' '.join(str(exc).split())[:300]}",
+            hint="try --calibration-method minmax, or build fp16 only",
+        ) from None
+    finally:
+        root.setLevel(level)
+    return {
+        "quantization": "QDQ",
+        "flavour": "S8S8 symmetric (TensorRT explicit quantization)",
+        "per_channel": per_channel,
+        "quantized_nodes": len(selected),
+        "opset": max(opset, MIN_OPSET),
+        "calibration_method": stats.method,
+        "calibration_samples": stats.samples,
+    }
