@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import sys
@@ -73,6 +74,20 @@ def torch_run(model: Any, feeds: dict[str, np.ndarray], input_names: list[str]) 
     with torch.no_grad():
         out = model(*args)
     return [o.detach().cpu().numpy() if hasattr(o, "detach") else np.asarray(o) for o in flatten_outputs(out)]
+
+
+@contextlib.contextmanager
+def one_torch_thread():
+    """Run a few checking inferences on one thread: on a small, shared machine torch's default of one thread per
+    core is many times slower whenever another process holds a core, and a handful of samples gains nothing."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def output_names_for(count: int) -> list[str]:

@@ -19,7 +19,7 @@ import numpy as np
 
 from edgec.compiler.context import BuildContext
 from edgec.compiler.errors import ExportError, missing_dependency
-from edgec.compiler.modelio import torch_run
+from edgec.compiler.modelio import one_torch_thread, torch_run
 from edgec.compiler.onnxutil import constants_to_initializers, ort_session, save_model
 from edgec.compiler.stage import Stage
 from edgec.compiler.stages.load import LoadedModel, onnx_spec
@@ -235,7 +235,8 @@ class VerifyStage(Stage):
         names = onnx_model.spec.input_names
         worst = 0.0
         for f in feeds:
-            ref = torch_run(loaded.module, f, names)
+            with one_torch_thread():
+                ref = torch_run(loaded.module, f, names)
             got = session.run(None, {n: f[n] for n in names})
             for r, g in zip(ref, got):
                 if r.size and np.issubdtype(r.dtype, np.floating):

@@ -15,7 +15,7 @@ from typing import Any
 
 from edgec.compiler.context import BuildContext
 from edgec.compiler.errors import CheckpointError, ConfigError, InputFileError, missing_dependency
-from edgec.compiler.modelio import flatten_outputs, import_callable, output_names_for, torch_run
+from edgec.compiler.modelio import flatten_outputs, import_callable, one_torch_thread, output_names_for, torch_run
 from edgec.compiler.stage import Stage
 from edgec.compiler.types import InputSpec, TensorSpec, guess_layout, sha256_file
 
@@ -300,7 +300,8 @@ def _probe(path: Path, module: Any, inputs: tuple[TensorSpec, ...]) -> InputSpec
     """Run the model once on inputs of the declared shape: fails early on a shape the model rejects."""
     feeds = InputSpec(inputs).example_feeds()
     try:
-        outs = torch_run(module, feeds, [t.name for t in inputs])
+        with one_torch_thread():
+            outs = torch_run(module, feeds, [t.name for t in inputs])
     except Exception as exc:
         shapes = ", ".join(f"{t.name}:{t.shape_str()}:{t.dtype}" for t in inputs)
         first = _reason(exc)
