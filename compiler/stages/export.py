@@ -23,7 +23,7 @@ from edgec.compiler.modelio import one_torch_thread, torch_run
 from edgec.compiler.onnxutil import constants_to_initializers, ort_session, save_model
 from edgec.compiler.stage import Stage
 from edgec.compiler.stages.load import LoadedModel, onnx_spec
-from edgec.compiler.types import CalibrationSet, Feeds, InputSpec, TensorSpec
+from edgec.compiler.types import CalibrationSet, InputSpec, TensorSpec
 
 MODEL_FILE = "model.onnx"
 CHECK_SAMPLES = 4

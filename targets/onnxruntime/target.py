@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
-import logging
 import shutil
 import tempfile
 from pathlib import Path
@@ -75,46 +74,6 @@ def resolve_reduce_range(value: bool | str) -> tuple[bool, str]:
     return True, "auto: the build host has no AVX512-VNNI/AVX-VNNI (u8s8 kernels would saturate)"
 
 
-def quantize_qdq(
-    onnx_path: Path,
-    out_path: Path,
-    stats: CalibrationStats,
-    activation: str,
-    per_channel: bool = True,
-    reduce_range: bool = False,
-    extra: dict[str, Any] | None = None,
-) -> None:
-    """A QDQ model from the shared calibration statistics (no calibration data is read again)."""
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
-
-    act = QuantType.QUInt8 if activation == "uint8" else QuantType.QInt8
-    quiet = logging.getLogger()
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            quantize_static(
-                str(onnx_path),
-                str(out_path),
-                calibration_data_reader=None,
-                quant_format=QuantFormat.QDQ,
-                per_channel=per_channel,
-                reduce_range=reduce_range,
-                activation_type=act,
-                weight_type=QuantType.QInt8,
-                calibrate_method=stats.ort_method,
-                calibration_cache_path=str(stats.path),
-                extra_options=extra or {},
-            )
-    except Exception as exc:
-        raise QuantizationError(
-            f"INT8 quantization of '{onnx_path.name}' failed: {' '.join(str(exc).split())[:300]}",
-            hint="try --calibration-method minmax, or build fp32/fp16 only",
-        ) from None
-    finally:
-        quiet.setLevel(level)
-
-
 def fusion_report(path: Path) -> dict[str, Any]:
     """Int8 kernels against float compute ops left in ONNX Runtime's fully optimized graph."""
     import onnx
@@ -162,9 +121,9 @@ class OnnxRuntimeTarget(Target):
         else:
             if not isinstance(calibration, CalibrationStats):
                 raise QuantizationError("INT8 needs calibration statistics", hint="pass --calib PATH")
-            quantize_qdq(
-                model.path, out, calibration, self.options.int8_activation,
-                self.options.per_channel, self.options.reduce_range,
+            calibration.quantize(
+                model.path, out, activation=self.options.int8_activation,
+                per_channel=self.options.per_channel, reduce_range=self.options.reduce_range,
             )
             fusion = fusion_report(out)
             meta.update(

@@ -7,9 +7,6 @@ Adds, nowhere else (TensorRT fuses Relu, pooling and the residual Add into the i
 
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -44,9 +41,8 @@ def quantize_tensorrt(src: Path, out: Path, stats: CalibrationStats, per_channel
     """Write ``out``, the TensorRT-flavoured QDQ model of ``src``; returns what the metadata records."""
     try:
         import onnx
-        from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     except ImportError:
-        raise missing_dependency("onnxruntime", "onnx", "INT8 quantization for TensorRT") from None
+        raise missing_dependency("onnx", "onnx", "INT8 quantization for TensorRT") from None
     model = onnx.load(str(src))
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     if opset < MIN_OPSET:
@@ -59,45 +55,27 @@ def quantize_tensorrt(src: Path, out: Path, stats: CalibrationStats, per_channel
             f"'{src.name}' has no Conv, ConvTranspose, Gemm, MatMul or residual Add to quantize",
             hint="build fp16 for this model: INT8 would change nothing on TensorRT",
         )
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        with tempfile.TemporaryDirectory(prefix="edgec-trt-q-") as tmp:
-            named = Path(tmp) / "named.onnx"
-            save_model(model, named)
-            with contextlib.redirect_stdout(io.StringIO()):
-                quantize_static(
-                    str(named),
-                    str(out),
-                    calibration_data_reader=None,
-                    quant_format=QuantFormat.QDQ,
-                    op_types_to_quantize=[*WEIGHTED_OPS, "Add"],
-                    nodes_to_quantize=selected,
-                    per_channel=per_channel,
-                    reduce_range=False,
-                    activation_type=QuantType.QInt8,
-                    weight_type=QuantType.QInt8,
-                    calibrate_method=stats.ort_method,
-                    calibration_cache_path=str(stats.path),
-                    extra_options={
-                        "ActivationSymmetric": True,
-                        "WeightSymmetric": True,
-                        "QuantizeBias": False,
-                        # Inputs only: TensorRT fuses the rest, and a quantized model output would round the logits.
-                        "OpTypesToExcludeOutputQuantization": [*WEIGHTED_OPS, "Add"],
-                        "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1},
-                    },
-                )
-    except QuantizationError:
-        raise
-    except Exception as exc:
-        raise QuantizationError(
-            f"TensorRT INT8 quantization of '{src.name}' failed: {' '.join(str(exc).split())[:300]}",
-            hint="try --calibration-method minmax, or build fp16 only",
-        ) from None
-    finally:
-        root.setLevel(level)
+    with tempfile.TemporaryDirectory(prefix="edgec-trt-q-") as tmp:
+        named = Path(tmp) / "named.onnx"
+        save_model(model, named)
+        stats.quantize(
+            named,
+            out,
+            activation="int8",
+            per_channel=per_channel,
+            reduce_range=False,
+            op_types=[*WEIGHTED_OPS, "Add"],
+            nodes=selected,
+            extra={
+                "ActivationSymmetric": True,
+                "WeightSymmetric": True,
+                "QuantizeBias": False,
+                # Inputs only: TensorRT fuses the rest, and a quantized model output would round the logits.
+                "OpTypesToExcludeOutputQuantization": [*WEIGHTED_OPS, "Add"],
+                "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1},
+            },
+            purpose="TensorRT INT8 quantization",
+        )
     return {
         "quantization": "QDQ",
         "flavour": "S8S8 symmetric (TensorRT explicit quantization)",

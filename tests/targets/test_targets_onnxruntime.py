@@ -20,7 +20,6 @@ from edgec.targets.onnxruntime.target import (
     OnnxRuntimeOptions,
     OnnxRuntimeTarget,
     host_has_vnni,
-    quantize_qdq,
     resolve_reduce_range,
 )
 
@@ -111,7 +110,7 @@ def test_quantize_needs_no_calibration_data(prepared, tmp_path):
     """The shared statistics are enough to quantize: no data reader is passed at all."""
     onnx_model, stats, evaluation, _ = prepared
     out = tmp_path / "q.onnx"
-    quantize_qdq(onnx_model.path, out, stats, "uint8", reduce_range=True)
+    stats.quantize(onnx_model.path, out, activation="uint8", reduce_range=True)
     name = onnx_model.spec.input_names[0]
     assert _predict(out, evaluation, name).shape == (len(evaluation), 10)
 
