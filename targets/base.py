@@ -99,5 +99,10 @@ class Target(abc.ABC):
     def build(self, model: Any, precision: Precision, calibration: Any, out_dir: Path) -> list[Artifact]:
         """Write this precision's artifacts into ``out_dir`` and describe them."""
 
+    def finish_folder(self, folder: Path, artifacts: list[Artifact]) -> list[Path]:
+        """Write files that describe a whole profile folder once all its precisions are in it (a bundle
+        manifest, a README); returns them. Most targets have none."""
+        return []
+
     @abc.abstractmethod
     def open(self, artifact: Artifact, threads: int | None = None) -> Runner: ...
