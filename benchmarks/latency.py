@@ -5,11 +5,11 @@ from __future__ import annotations
 import dataclasses
 import math
 import statistics
-import threading
-import time
 from collections.abc import Sequence
 from typing import Any
 
+# The timing loop and the memory sampler live in device.py, which runs on devices without edgec installed.
+from edgec.benchmarks.device import MemorySampler, timed_loop
 from edgec.compiler.errors import CalibrationError, ConfigError
 from edgec.compiler.types import Feeds
 from edgec.targets.base import Runner
@@ -121,82 +121,8 @@ def measure_latency(
     if iterations is None and duration is None:
         iterations = DEFAULT_ITERATIONS
 
-    n = len(feeds_list)
-    for i in range(warmup):
-        runner.infer(feeds_list[i % n])
-
-    clock = time.perf_counter_ns
-    latencies: list[float] = []
-    budget_ns = int(duration * 1e9) if duration is not None else None
-    start = clock()
-    i = 0
-    while True:
-        if iterations is not None and i >= iterations:
-            break
-        if budget_ns is not None and i >= min_iterations and clock() - start >= budget_ns:
-            break
-        feeds = feeds_list[i % n]
-        t0 = clock()
-        runner.infer(feeds)
-        latencies.append((clock() - t0) / 1e6)
-        i += 1
+    latencies = timed_loop(
+        runner.infer, feeds_list, warmup=warmup, iterations=iterations, duration=duration,
+        min_iterations=min_iterations,
+    )
     return summarize(latencies, batch=batch_size(feeds_list[0]), warmup=warmup)
-
-
-class MemorySampler:
-    """Samples this process's resident memory (RSS) on a daemon thread while the ``with`` block runs.
-
-    ``baseline_bytes`` is the RSS on entering, ``peak_bytes`` the highest sample (entry and exit included).
-    Both stay None when psutil is not installed.
-    """
-
-    def __init__(self, interval: float = 0.002):
-        self.interval = interval
-        self.baseline_bytes: int | None = None
-        self.peak_bytes: int | None = None
-        self._process: Any = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    @property
-    def available(self) -> bool:
-        return self._process is not None
-
-    @property
-    def delta_bytes(self) -> int | None:
-        if self.baseline_bytes is None or self.peak_bytes is None:
-            return None
-        return self.peak_bytes - self.baseline_bytes
-
-    def _rss(self) -> int:
-        return int(self._process.memory_info().rss)
-
-    def _sample(self) -> None:
-        rss = self._rss()
-        if self.peak_bytes is None or rss > self.peak_bytes:
-            self.peak_bytes = rss
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
-            self._sample()
-
-    def __enter__(self) -> MemorySampler:
-        try:
-            import psutil
-        except ImportError:
-            return self
-        self._process = psutil.Process()
-        self.baseline_bytes = self._rss()
-        self.peak_bytes = self.baseline_bytes
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._loop, name="edgec-memory-sampler", daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._thread is None:
-            return
-        self._stop.set()
-        self._thread.join()
-        self._thread = None
-        self._sample()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import functools
 import json
 import os
 import platform
@@ -13,24 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from edgec.benchmarks.accuracy import AccuracyReport
+from edgec.benchmarks.device import cpu_model
 from edgec.benchmarks.latency import LatencyStats
 from edgec.compiler.errors import InputFileError
 
 SCHEMA_VERSION = 1
-
-
-@functools.lru_cache(maxsize=None)
-def cpu_model() -> str:
-    """The CPU's marketing name from /proc/cpuinfo, else what the platform module knows."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() in ("model name", "Model", "Hardware") and value.strip():
-                    return value.strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown"
 
 
 def environment(runtime: str = "") -> dict[str, Any]:

@@ -26,9 +26,13 @@ from edgec.cli import reporter
 @click.option("--max-accuracy-drop", type=float, help="Gate: fail (exit 6) when an artifact loses more points of accuracy (or top-1 agreement without labels).")
 @click.option("--max-latency-ms", type=float, help="Gate: fail (exit 6) when an artifact's p50 latency exceeds this.")
 @click.option("--json", "json_out", type=click.Path(path_type=Path), help="Write the results as JSON.")
+@click.option("--remote", metavar="USER@HOST[:PORT]", help="Run the artifacts on this device over SSH (it needs Python 3.10+, numpy and the runtime); accuracy is computed here. Failures exit 5.")
+@click.option("--identity", type=click.Path(path_type=Path), help="Private key for --remote (then the only key tried).")
+@click.option("--remote-python", metavar="PATH", help="Python on the --remote device (default: python3).")
 @click.pass_context
 def bench(ctx, path, data, labels, samples, seed, reference, inputs, model_factory, trust_checkpoint, warmup,
-          iterations, duration, threads, max_accuracy_drop, max_latency_ms, json_out) -> None:
+          iterations, duration, threads, max_accuracy_drop, max_latency_ms, json_out, remote, identity,
+          remote_python) -> None:
     """Benchmark PATH (a build folder or one artifact) on its real runtimes.
 
     Prints per artifact latency p50/p90/p99, throughput, peak memory, size, and accuracy against the FP32
@@ -42,10 +46,14 @@ def bench(ctx, path, data, labels, samples, seed, reference, inputs, model_facto
     for name, value in (("--max-accuracy-drop", max_accuracy_drop), ("--max-latency-ms", max_latency_ms)):
         if value is not None and value < 0:
             raise ConfigError(f"{name} must be >= 0, not {value}")
+    if (identity or remote_python) and not remote:
+        raise ConfigError("--identity and --remote-python need --remote", hint="add --remote USER@HOST[:PORT]")
+    # the local path passes no remote keywords, so it stays exactly as it was
+    remote_args = {"remote": remote, "identity": identity, "remote_python": remote_python} if remote else {}
     results = run_bench(
         path, data, labels=labels, samples=samples, seed=seed, reference=reference, inputs=inputs,
         model_factory=model_factory, trust_checkpoint=trust_checkpoint, warmup=warmup, iterations=iterations,
-        duration=duration, threads=threads, report=reporter(ctx),
+        duration=duration, threads=threads, report=reporter(ctx), **remote_args,
     )
     click.echo(text_table(results))
     if json_out:
