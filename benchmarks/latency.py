@@ -12,6 +12,8 @@ from typing import Any
 from edgec.benchmarks.device import MemorySampler, timed_loop
 from edgec.compiler.errors import CalibrationError, ConfigError
 from edgec.compiler.types import Feeds
+
+__all__ = ["LatencyStats", "MemorySampler", "batch_size", "measure_latency", "percentile", "summarize"]
 from edgec.targets.base import Runner
 
 DEFAULT_ITERATIONS = 100

@@ -45,7 +45,11 @@ def _accuracy_cell(run: RunResult) -> str:
 
 def _runtime(run: RunResult) -> str:
     # "onnxruntime 1.22.0 (CPUExecutionProvider)" -> keep the name and version; the provider is in the JSON.
-    return run.runtime.split(" (")[0] if run.runtime else MISSING
+    if not run.runtime:
+        return MISSING
+    name = run.runtime.split(" (")[0]
+    # A stand-in runtime (TensorRT artifacts run on ONNX Runtime off the device) must say so in the table too.
+    return f"{name} (estimate)" if "estimate" in run.runtime else name
 
 
 def rows(results: BenchResults) -> list[list[str]]:

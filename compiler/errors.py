@@ -51,6 +51,12 @@ class ExportError(EdgecError):
     exit_code = 4
 
 
+class PruneError(ExportError):
+    """The model could not be pruned: torch-pruning cannot trace it, or it fails once pruned."""
+
+    exit_code = 4
+
+
 class QuantizationError(EdgecError):
     """Quantization failed or produced an unusable model."""
 
@@ -81,6 +87,7 @@ ALL_ERRORS: tuple[type[EdgecError], ...] = (
     CheckpointError,
     CalibrationError,
     ExportError,
+    PruneError,
     QuantizationError,
     TargetBuildError,
     TargetUnavailableError,

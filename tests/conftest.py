@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from cliutil import run_edgec
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -38,15 +36,6 @@ def digits_model():
 
     model, data = train_digits_cnn(epochs=12)
     return model, data
-
-
-def run_edgec(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 600):
-    """Run the installed console script, as a user would."""
-    exe = Path(sys.executable).with_name("edgec")
-    full_env = {**os.environ, **(env or {})}
-    return subprocess.run(
-        [str(exe), *map(str, args)], capture_output=True, text=True, cwd=cwd, env=full_env, timeout=timeout
-    )
 
 
 @pytest.fixture

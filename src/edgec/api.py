@@ -14,9 +14,9 @@ from typing import Any
 
 from edgec.compiler.cache import BuildCache
 from edgec.compiler.context import BuildContext, Reporter, silent_reporter
-from edgec.compiler.errors import CalibrationError, ConfigError, InputFileError
+from edgec.compiler.errors import CalibrationError, ConfigError, EdgecError, InputFileError, TargetUnavailableError
 from edgec.compiler.pipeline import Pipeline
-from edgec.compiler.types import Artifact, Precision, TensorSpec, sha256_file
+from edgec.compiler.types import Artifact, Precision, TensorSpec
 from edgec.compiler.versions import tool_versions
 from edgec.recipe import Recipe
 
@@ -43,6 +43,7 @@ class _Plan:
     inputs: tuple[TensorSpec, ...]
     builds: list[tuple[Any, Any, Precision]]  # (profile, target instance, precision)
     needs_int8: bool
+    prune_criterion: str | None = None  # resolved; None when not pruning
 
 
 def plan_build(recipe: Recipe) -> _Plan:
@@ -98,7 +99,160 @@ def plan_build(recipe: Recipe) -> _Plan:
             hint="target_options keys are backend names (see: edgec targets)",
         )
     inputs = tuple(TensorSpec.parse(s) for s in recipe.inputs)
-    return _Plan(checkpoint, out, inputs, builds, needs_int8)
+    criterion = _plan_compression(recipe, checkpoint)
+    return _Plan(checkpoint, out, inputs, builds, needs_int8, criterion)
+
+
+def _plan_compression(recipe: Recipe, checkpoint: Path) -> str | None:
+    """Check the pruning and distillation options together; returns the pruning criterion (None: no pruning)."""
+    from edgec.compiler.stages.load import detect_format
+    from edgec.compiler.stages.prune import CRITERIA
+
+    pruning = recipe.prune is not None or recipe.prune_macs is not None
+    for option, value in (("--prune", recipe.prune), ("--prune-macs", recipe.prune_macs)):
+        if value is not None and not 0.0 < value < 1.0:
+            raise ConfigError(
+                f"{option} {value}: the fraction to remove must be between 0 and 1 (exclusive)",
+                hint=f"e.g. {option} 0.5",
+            )
+    if recipe.prune is not None and recipe.prune_macs is not None:
+        raise ConfigError("--prune and --prune-macs exclude each other", hint="give a channel or a MAC fraction")
+    if not pruning:
+        for option, given in (("--protect", recipe.protect), ("--prune-criterion", recipe.prune_criterion),
+                              ("--prune-global", recipe.prune_global), ("--prune-round-to", recipe.prune_round_to)):
+            if given:
+                raise ConfigError(f"{option} applies only to pruning", hint="add --prune RATIO or --prune-macs FRACTION")
+    if recipe.student and pruning:
+        raise ConfigError(
+            "--student and pruning exclude each other: the student is either your architecture or the pruned model",
+            hint="drop --student to distill the pruned model, or drop --prune/--prune-macs",
+        )
+    if recipe.student and not recipe.distill:
+        raise ConfigError("--student is only used by --distill", hint="add --distill")
+    if recipe.distill and not (pruning or recipe.student):
+        raise ConfigError(
+            "--distill needs a student: a pruned model or a smaller architecture",
+            hint="add --prune RATIO, --prune-macs FRACTION or --student module:function",
+        )
+    if (pruning or recipe.distill) and detect_format(checkpoint) == "onnx":
+        what = "pruning" if pruning else "distillation"
+        raise ConfigError(
+            f"{what} needs a PyTorch model, but '{checkpoint}' is an ONNX file",
+            hint="build from the PyTorch checkpoint (.pt2, or a state_dict with --model-factory)",
+        )
+    if pruning and detect_format(checkpoint) in ("exported-program", "torchscript") and not recipe.model_factory:
+        raise ConfigError(
+            f"pruning needs the model's Python code, but '{checkpoint}' holds a traced graph whose layers "
+            "cannot be pruned or trained",
+            hint="pass --model-factory module:function building the same architecture (edgec loads the "
+            "checkpoint's weights into it)",
+        )
+    if recipe.train_labels and not recipe.train_data:
+        raise ConfigError("--train-labels needs --train-data", hint="pass the training samples with --train-data")
+    criterion = None
+    if pruning:
+        criterion = recipe.prune_criterion or ("taylor" if recipe.train_data else "l1")
+        if criterion not in CRITERIA:
+            raise ConfigError(f"unknown --prune-criterion '{criterion}'", hint=f"use one of: {', '.join(CRITERIA)}")
+        if criterion == "taylor" and not recipe.train_data:
+            raise ConfigError("--prune-criterion taylor needs data", hint="pass --train-data, or use l1 or l2")
+        if recipe.prune_round_to is not None and recipe.prune_round_to < 1:
+            raise ConfigError(f"--prune-round-to must be a positive channel count, not {recipe.prune_round_to}")
+    if recipe.train_data and not (recipe.distill or criterion == "taylor"):
+        raise ConfigError("--train-data is only used by --distill and Taylor pruning", hint="add --distill")
+    if recipe.distill:
+        if not recipe.train_data:
+            raise ConfigError("--distill needs training data", hint="pass --train-data (the same formats as --calib)")
+        if recipe.hard_label_weight and not recipe.train_labels:
+            raise ConfigError(
+                f"the hard-label loss (--hard-label-weight {recipe.hard_label_weight}) needs labels",
+                hint="pass --train-labels with one class per training sample, or --hard-label-weight 0",
+            )
+        _distill_options(recipe).check()
+        if recipe.tensorboard:
+            import importlib.util
+
+            if importlib.util.find_spec("tensorboard") is None:
+                raise TargetUnavailableError(
+                    "--tensorboard needs the Python package 'tensorboard', which is not installed",
+                    hint="pip install tensorboard, or build without --tensorboard",
+                )
+    else:
+        for option, given in (("--tensorboard", recipe.tensorboard),
+                              ("--feature-layer", recipe.feature_layers), ("--hard-label-weight", recipe.hard_label_weight)):
+            if given:
+                raise ConfigError(f"{option} applies only to --distill", hint="add --distill")
+    return criterion
+
+
+def _distill_options(recipe: Recipe) -> Any:
+    from edgec.compiler.stages.distill import DistillOptions
+
+    return DistillOptions(
+        epochs=recipe.epochs, lr=recipe.lr, batch_size=recipe.batch_size, temperature=recipe.distill_temperature,
+        hard_label_weight=recipe.hard_label_weight, feature_layers=tuple(recipe.feature_layers),
+        patience=recipe.patience, seed=recipe.seed,
+    )
+
+
+def _train_data(recipe: Recipe, spec: Any) -> Any:
+    """The training set (an EvaluationSet when labels are given), read like evaluation data.
+
+    The readers name their own options in messages (--data, --labels); they are renamed to the training ones.
+    """
+    from edgec.calibration_data import load_dataset
+
+    try:
+        return load_dataset(
+            recipe.train_data, spec, seed=recipe.seed, preprocess=recipe.preprocess or None, role="evaluation",
+            labels=recipe.train_labels,
+        )
+    except EdgecError as exc:
+        def rename(text: str | None) -> str | None:
+            if text is None:
+                return None
+            return text.replace("--data", "--train-data").replace("--labels", "--train-labels")
+
+        raise type(exc)(rename(exc.message), rename(exc.hint)) from None
+
+
+def _train_data_key(data: Any) -> str:
+    import hashlib
+
+    from edgec.compiler.cache import hash_key
+
+    labels = getattr(data, "labels", None)
+    labels_sha = hashlib.sha256(labels.tobytes()).hexdigest() if labels is not None else None
+    return hash_key({"samples": data.fingerprint, "labels": labels_sha})
+
+
+def _add_compression(pipeline: Pipeline, recipe: Recipe, plan: _Plan, report: Reporter) -> str:
+    """Add the pruning and distillation stages; returns the name of the model export should read."""
+    from edgec.compiler.stages.distill import DistillStage
+    from edgec.compiler.stages.prune import PruneStage
+
+    final = "model"
+    if not (plan.prune_criterion or recipe.distill):
+        return final
+    labels = False
+    if recipe.train_data:
+        report(f"[training data] reading {recipe.train_data}")
+        data = _train_data(recipe, pipeline.value("model").spec)
+        labels = getattr(data, "labels", None) is not None
+        pipeline.seed("train_data", data, _train_data_key(data))
+    if plan.prune_criterion:
+        final = pipeline.add(PruneStage(
+            ratio=recipe.prune, macs=recipe.prune_macs, criterion=plan.prune_criterion,
+            global_pruning=recipe.prune_global, protect=tuple(recipe.protect), round_to=recipe.prune_round_to,
+            model_factory=recipe.model_factory, seed=recipe.seed,
+        ))
+    if recipe.distill:
+        final = pipeline.add(DistillStage(
+            _distill_options(recipe), student_source=final if plan.prune_criterion else None,
+            student=recipe.student, model_factory=recipe.model_factory, tensorboard=bool(recipe.tensorboard),
+            has_labels=labels,
+        ))
+    return final
 
 
 def build(recipe: Recipe, report: Reporter = silent_reporter, cache_dir: Path | None = None) -> BuildResult:
@@ -120,7 +274,8 @@ def build(recipe: Recipe, report: Reporter = silent_reporter, cache_dir: Path | 
         ckpt_sha = checkpoint_key(plan.checkpoint)
         pipeline.seed("checkpoint", plan.checkpoint, ckpt_sha)
         pipeline.add(LoadStage(plan.checkpoint, plan.inputs, recipe.model_factory, recipe.trust_checkpoint))
-        pipeline.add(ExportStage(opset=recipe.opset, slim=recipe.slim))
+        final = _add_compression(pipeline, recipe, plan, report)
+        pipeline.add(ExportStage(opset=recipe.opset, slim=recipe.slim, source=final))
         onnx_model = pipeline.value("onnx")
 
         calibration = None
@@ -131,7 +286,7 @@ def build(recipe: Recipe, report: Reporter = silent_reporter, cache_dir: Path | 
                 preprocess=recipe.preprocess or None, role="calibration",
             )
         pipeline.seed("calibration", calibration, calibration.fingerprint if calibration is not None else "none")
-        checks = [pipeline.add(VerifyStage())]
+        checks = [pipeline.add(VerifyStage(source=final))]
         if plan.needs_int8:
             pipeline.add(CalibrateStage(recipe.calibration_method))
         stage_names = [pipeline.add(TargetStage(target, profile.folder, p)) for profile, target, p in plan.builds]
@@ -149,10 +304,15 @@ def build(recipe: Recipe, report: Reporter = silent_reporter, cache_dir: Path | 
                 art.path = target_path
                 art.metadata = {**art.metadata, "profile": folder}
                 artifacts.append(art)
+        for profile, target in {p.folder: t for p, t, _ in plan.builds}.items():
+            folder = partial / profile
+            target.finish_folder(folder, [a for a in artifacts if a.path.parent == folder])
         manifest = _manifest(recipe, plan, ckpt_sha, detect_format(plan.checkpoint), onnx_model, calibration,
                              pipeline, artifacts, partial)
         (partial / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
         _write_recipe(recipe, partial / RECIPE_FILE)
+        if recipe.tensorboard:
+            _copy_tensorboard(pipeline, Path(recipe.tensorboard), report)
         if out.exists():
             shutil.rmtree(out)
         os.replace(partial, out)
@@ -175,10 +335,11 @@ def _manifest(recipe, plan, ckpt_sha, fmt, onnx_model, calibration, pipeline, ar
     return {
         "edgec_version": tool_versions().get("edgec"),
         "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "checkpoint": {"path": str(plan.checkpoint), "sha256": ckpt_sha, "format": fmt},
+        "checkpoint": {"path": str(plan.checkpoint.resolve()), "sha256": ckpt_sha, "format": fmt},
         **onnx_model.spec.to_dict(),
         "export": {**onnx_model.info, **records["export_check"].summary},
         "calibration": calib_info,
+        **_compression_manifest(recipe, pipeline),
         "artifacts": [a.to_dict(root=root) for a in artifacts],
         "stages": [r.to_dict() for r in records.values()],
         "tool_versions": tool_versions(),
@@ -186,11 +347,48 @@ def _manifest(recipe, plan, ckpt_sha, fmt, onnx_model, calibration, pipeline, ar
     }
 
 
+def _copy_tensorboard(pipeline: Pipeline, dest: Path, report: Reporter) -> None:
+    """The distillation's TensorBoard logs, from its folder or, when it was not even restored, its cache entry."""
+    from edgec.compiler.stages.distill import TENSORBOARD_DIR
+
+    logs = pipeline.stage_dir("distilled_model") / TENSORBOARD_DIR
+    if not logs.is_dir():
+        hit = pipeline.ctx.cache.get(pipeline.key("distilled_model"))
+        logs = hit[0] / TENSORBOARD_DIR if hit is not None else logs
+    if logs.is_dir():
+        shutil.copytree(logs, dest, dirs_exist_ok=True)
+        report(f"TensorBoard logs in {dest}")
+
+
+def _compression_manifest(recipe: Recipe, pipeline: Pipeline) -> dict[str, Any]:
+    """The prune and distill settings and their before/after figures (absent when neither was asked for).
+
+    When everything after them came from the cache they were not even restored: their figures are then
+    read from their cache entries.
+    """
+    section: dict[str, Any] = {}
+    for name, key in (("pruned_model", "prune"), ("distilled_model", "distill")):
+        record = pipeline.records.get(name)
+        if record is None:
+            continue
+        summary, cached = record.summary, record.cached
+        if not record.ran and not summary:
+            hit = pipeline.ctx.cache.get(record.key)
+            if hit is not None:
+                summary, cached = hit[1].get("summary", {}), True
+        section[key] = {"settings": record.options, "cached": cached, **summary}
+    if recipe.train_data:
+        section["train_data"] = {"source": str(recipe.train_data), "labels": recipe.train_labels}
+    return section
+
+
 def _write_recipe(recipe: Recipe, path: Path) -> None:
     import yaml
 
+    from edgec.recipe import PATH_KEYS
+
     data = recipe.to_dict()
-    for key in ("checkpoint", "calib", "out"):
+    for key in PATH_KEYS:
         value = data.get(key)
         if isinstance(value, str) and Path(value).exists():
             data[key] = str(Path(value).resolve())
@@ -257,6 +455,9 @@ def bench(
     duration: float | None = None,
     threads: int = 1,
     report: Reporter = silent_reporter,
+    remote: str | None = None,
+    identity: str | Path | None = None,
+    remote_python: str | None = None,
 ):
     """Run ``edgec bench``: every artifact of a build (or one artifact) on its runtime, against a reference.
 
@@ -276,6 +477,12 @@ def bench(
     report(f"[data] {len(evaluation)} evaluation samples from {data}")
     ref_fn = ref_artifact = None
     ref_name = None
+    checkpoint = manifest.get("checkpoint", {}).get("path")
+    if not reference and not any(a.precision == Precision.FP32 for a in artifacts) and checkpoint:
+        # No FP32 artifact to compare with: the checkpoint the build came from is the reference.
+        if Path(checkpoint).is_file():
+            reference = checkpoint
+            report(f"[reference] no FP32 artifact in the build: using the checkpoint {checkpoint}")
     if reference:
         ref_path = Path(reference)
         if not ref_path.is_file():
@@ -292,10 +499,21 @@ def bench(
             in_names = spec.input_names
             out_names = [t.name for t in spec.outputs]
 
-            def ref_fn(feeds):
+            def torch_reference(feeds):
                 return dict(zip(out_names, torch_run(loaded.module, feeds, in_names)))
 
+            ref_fn = torch_reference
+
             ref_name = f"torch ({ref_path.name})"
+    if remote:
+        from edgec.benchmarks.remote import bench_remote
+
+        return bench_remote(
+            path, remote, evaluation.samples, identity=identity, remote_python=remote_python, reference=ref_fn,
+            reference_artifact=ref_artifact, labels=getattr(evaluation, "labels", None), warmup=warmup,
+            iterations=iterations, duration=duration, threads=threads, progress=report, reference_name=ref_name,
+            data_source=str(data),
+        )
     results = bench_artifacts(
         artifacts, evaluation.samples, reference=ref_fn, reference_artifact=ref_artifact,
         labels=getattr(evaluation, "labels", None), warmup=warmup, iterations=iterations, duration=duration,

@@ -925,6 +925,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--work-dir", type=Path, help="keep the models and builds here (default: a temporary folder)"
     )
+    parser.add_argument(
+        "--no-prune", action="store_true", help="skip the pruning + distillation section (edgec.bench_prune)"
+    )
     args = parser.parse_args(argv)
 
     command = _command_line(sys.argv[1:] if argv is None else argv)
@@ -934,6 +937,11 @@ def main(argv: list[str] | None = None) -> int:
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="edgec-bench-"))
     try:
         suite = run_suite(args.models, settings, work.resolve(), build_time=not args.no_build_time)
+        prune_section = ""
+        if not args.no_prune:
+            from edgec import bench_prune
+
+            prune_section = bench_prune.run(quick=args.quick, work=work.resolve() / "prune", report=say)
     finally:
         if args.work_dir is None:
             shutil.rmtree(work, ignore_errors=True)
@@ -942,6 +950,8 @@ def main(argv: list[str] | None = None) -> int:
     text = render_text(suite["results"], suite["build"], suite["checks"])
     print(text)
     print(f"suite runtime: {runtime / 60:.1f} min; other processes: {_others(suite['machine'])}")
+    if prune_section:
+        print(prune_section)
     args.out.write_text(
         render_markdown(
             suite["machine"],
@@ -953,6 +963,7 @@ def main(argv: list[str] | None = None) -> int:
             started,
             runtime,
         )
+        + ("\n" + prune_section if prune_section else "")
     )
     say(f"wrote {args.out}")
     return 0

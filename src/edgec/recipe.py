@@ -12,6 +12,9 @@ from typing import Any
 
 from edgec.compiler.errors import ConfigError, InputFileError
 
+# Recipe keys that hold paths: relative to the recipe file, resolved in the written recipe.
+PATH_KEYS = ("checkpoint", "calib", "out", "train_data", "train_labels", "tensorboard")
+
 
 def _field(default: Any, help: str, **kw: Any) -> Any:
     if isinstance(default, (list, dict)):
@@ -37,6 +40,25 @@ class Recipe:
     seed: int = _field(0, "seed for sampling and anything random")
     cache: bool = _field(True, "reuse stage outputs from the build cache")
     target_options: dict[str, dict[str, Any]] = _field({}, "per-backend options, e.g. {onnxruntime: {per_channel: true}}")
+    # Structured pruning (torch-pruning DepGraph) and distillation, between loading and export.
+    prune: float | None = _field(None, "remove this fraction of the channels of every prunable layer (0 < x < 1)")
+    prune_macs: float | None = _field(None, "remove this fraction of the MACs instead, pruning step by step until met (0 < x < 1)")
+    prune_criterion: str | None = _field(None, "channel importance: l1, l2 or taylor (default: taylor when train_data is given, else l1)")
+    prune_global: bool = _field(False, "rank channels across all layers (global) instead of the same fraction per layer")
+    prune_round_to: int | None = _field(None, "keep channel counts multiples of this (e.g. 8, which CPU kernels prefer)")
+    protect: list[str] = _field([], "module-name patterns (fnmatch) whose output channels are kept; the output layers always are")
+    distill: bool = _field(False, "fine-tune the pruned model (or `student`) against the original model as teacher")
+    train_data: str | None = _field(None, "training data for distillation and Taylor pruning: .npz/.npy, an image folder, or module:function")
+    train_labels: str | None = _field(None, "class labels of train_data (.npy/.npz/.txt/.csv): adds the hard-label loss")
+    epochs: int = _field(10, "distillation epochs (at most: early stopping on the held-out agreement)")
+    lr: float = _field(1e-3, "distillation learning rate (Adam, cosine schedule)")
+    batch_size: int = _field(64, "distillation batch size")
+    distill_temperature: float = _field(4.0, "softmax temperature of the distillation loss")
+    hard_label_weight: float | None = _field(None, "weight of the hard-label loss, 0..1 (default 0.5 with train_labels, else 0)")
+    feature_layers: list[str] = _field([], "modules of both teacher and student whose outputs also get an MSE loss")
+    patience: int = _field(3, "stop distilling after this many epochs without better held-out agreement")
+    student: str | None = _field(None, "module:function building a smaller student architecture (instead of pruning)")
+    tensorboard: str | None = _field(None, "write TensorBoard logs of the distillation curves to this folder (needs tensorboard)")
 
     @classmethod
     def keys(cls) -> list[str]:
@@ -67,11 +89,11 @@ def load_recipe(path: str | Path | None) -> dict[str, Any]:
             close = [k for k in known if k.replace("_", "") == str(key).replace("_", "").replace("-", "")]
             hint = f"did you mean '{close[0]}'?" if close else f"valid keys: {', '.join(sorted(known))}"
             raise ConfigError(f"unknown key '{key}' in recipe '{path}'", hint=hint)
-    for key in ("target", "precision", "inputs"):
+    for key in ("target", "precision", "inputs", "protect", "feature_layers"):
         if isinstance(data.get(key), str):
             data[key] = [data[key]]
     base = path.parent
-    for key in ("checkpoint", "calib", "out"):
+    for key in PATH_KEYS:
         # Paths in a recipe are relative to the recipe's folder, like a Makefile's.
         value = data.get(key)
         if isinstance(value, str) and ":" not in value and not Path(value).is_absolute():
@@ -97,4 +119,8 @@ def resolve(file_values: dict[str, Any], flag_values: dict[str, Any]) -> Recipe:
             raise ConfigError(f"recipe key '{key}' must be true or false, not {value!r}")
         if expected in ("int", "int | None") and value is not None and (isinstance(value, bool) or not isinstance(value, int)):
             raise ConfigError(f"recipe key '{key}' must be an integer, not {value!r}")
+        if expected in ("float", "float | None") and value is not None:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(f"recipe key '{key}' must be a number, not {value!r}")
+            merged[key] = float(value)
     return Recipe(**merged)

@@ -30,7 +30,7 @@ def built(digits_assets, tmp_path_factory, edgec_cli_module):
 
 @pytest.fixture(scope="module")
 def edgec_cli_module(tmp_path_factory):
-    from conftest import run_edgec
+    from cliutil import run_edgec
 
     cache = tmp_path_factory.mktemp("module-cache")
     return lambda *args, **kw: run_edgec(*args, env={"EDGEC_CACHE_DIR": str(cache), **kw.pop("env", {})}, **kw)

@@ -30,7 +30,7 @@ def targets(as_json: bool) -> None:
     for r in rows:
         mark = "ok " if r["available"] else "-- "
         alias = f" (alias: {', '.join(r['aliases'])})" if r["aliases"] else ""
-        click.echo(f"  {mark}{r['profile']:<14} {r['backend']:<12} {'/'.join(r['precisions']):<16} {r['description']}{alias}")
+        click.echo(f"  {mark}{r['profile']:<17} {r['backend']:<12} {'/'.join(r['precisions']):<16} {r['description']}{alias}")
         if not r["available"]:
             click.echo(f"       unavailable: {r['why']}")
     click.echo("\nBackends:")

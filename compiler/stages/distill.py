@@ -1,0 +1,490 @@
+"""DistillStage: fine-tune a student (the pruned model, or a smaller architecture) against the original model.
+
+The loss is the KL divergence between temperature-softened outputs (scaled by T², as in Hinton et al.), plus
+cross-entropy on hard labels when labels are given, plus an optional feature loss (MSE between named layers'
+outputs, through a learned 1x1 projection when the student is narrower). Outputs with class scores on axis 1
+(what torch.nn.CrossEntropyLoss reads) are softened; other outputs are matched with MSE.
+
+A held-out split of the training data (``val_fraction``) decides: after every epoch the student's top-1
+agreement with the teacher on it is measured; the best student is kept (the one before training counts),
+and training stops after ``patience`` epochs without improvement. The learning rate follows a cosine
+schedule. Everything random comes from ``seed``: the split, the shuffling, the projections.
+
+Distillation is the expensive stage, so it is cached: its key holds the teacher's and student's keys, the
+training data's fingerprint and every option here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.util
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgec.compiler.context import BuildContext
+from edgec.compiler.errors import ConfigError, TargetUnavailableError
+from edgec.compiler.modelio import flatten_outputs, import_callable
+from edgec.compiler.stage import Stage
+from edgec.compiler.stages.load import LoadedModel
+from edgec.compiler.stages.prune import (
+    MODEL_FILE,
+    PrunedModel,
+    _torch,
+    count_macs_params,
+    example_args,
+    is_logits,
+    is_plain_module,
+    rebuild_pruned,
+    save_torch_model,
+    stacked_inputs,
+    tracking_modules,
+    trainable_module,
+)
+from edgec.compiler.types import CalibrationSet, InputSpec
+
+WEIGHTS_FILE = "weights.pt"
+TENSORBOARD_DIR = "tensorboard"
+
+
+@dataclasses.dataclass
+class DistilledModel(LoadedModel):
+    """The distilled student: ``module`` is the trained nn.Module on a fresh run, ``exported.module()`` when
+    restored from the cache."""
+
+    figures: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class DistillOptions:
+    """Every option of distillation; each one changes the result, so all are part of the cache key."""
+
+    epochs: int = 10
+    lr: float = 1e-3
+    batch_size: int = 64
+    temperature: float = 4.0
+    hard_label_weight: float | None = None  # None: 0.5 when labels are given, else 0
+    feature_layers: tuple[str, ...] = ()
+    feature_weight: float = 1.0
+    val_fraction: float = 0.15
+    patience: int = 3
+    seed: int = 0
+
+    def check(self) -> None:
+        if self.epochs < 1:
+            raise ConfigError(f"--epochs must be at least 1, not {self.epochs}")
+        if not self.lr > 0:
+            raise ConfigError(f"--lr must be positive, not {self.lr}")
+        if self.batch_size < 2:
+            raise ConfigError(f"batch_size must be at least 2 (BatchNorm trains on batches), not {self.batch_size}")
+        if not self.temperature > 0:
+            raise ConfigError(f"--distill-temperature must be positive, not {self.temperature}")
+        if self.hard_label_weight is not None and not 0.0 <= self.hard_label_weight <= 1.0:
+            raise ConfigError(f"--hard-label-weight must be between 0 and 1, not {self.hard_label_weight}")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ConfigError(f"val_fraction must be between 0 and 1 (exclusive), not {self.val_fraction}")
+        if self.patience < 1:
+            raise ConfigError(f"patience must be at least 1 epoch, not {self.patience}")
+        if self.feature_weight < 0:
+            raise ConfigError(f"feature_weight must be 0 or more, not {self.feature_weight}")
+
+
+def source_fingerprint(factory: str) -> str | None:
+    """A hash of the file that defines ``module:function`` (found without importing it), or None."""
+    mod_name = factory.rpartition(":")[0]
+    try:
+        if mod_name.endswith(".py") or "/" in mod_name:
+            origin = mod_name
+        else:
+            spec = importlib.util.find_spec(mod_name)
+            origin = spec.origin if spec is not None else None
+        if not origin or not Path(origin).is_file():
+            return None
+        return hashlib.sha256(Path(origin).read_bytes()).hexdigest()
+    except (ImportError, ValueError, OSError):
+        return None
+
+
+def build_student(factory: str) -> Any:
+    torch = _torch()
+    built = import_callable(factory, "--student")()
+    if isinstance(built, tuple) and built:
+        built = built[0]
+    if not isinstance(built, torch.nn.Module):
+        raise ConfigError(f"--student {factory} returned {type(built).__name__}, not a torch.nn.Module")
+    return built
+
+
+class DistillStage(Stage):
+    """Train ``student`` (the value named by ``student_source``, or the one ``student`` builds) to match the teacher."""
+
+    name = "distill"
+    writes = "distilled_model"
+    tools = ("torch",)
+
+    def __init__(
+        self,
+        options: DistillOptions = DistillOptions(),
+        student_source: str | None = "pruned_model",
+        student: str | None = None,
+        model_factory: str | None = None,
+        tensorboard: bool = False,
+        has_labels: bool = False,
+    ):
+        if (student_source is None) == (student is None):
+            raise ConfigError("distillation needs exactly one student: a pruned model or --student module:function")
+        options.check()
+        if options.hard_label_weight and not has_labels:
+            raise ConfigError(
+                f"the hard-label loss (weight {options.hard_label_weight}) needs labels, and none were given",
+                hint="pass --train-labels with one class per training sample, or --hard-label-weight 0",
+            )
+        self.opts = options
+        self.student_source = student_source
+        self.student = student
+        self.model_factory = model_factory
+        self.tensorboard = tensorboard
+        self.has_labels = has_labels
+        self.reads = ("model", student_source, "train_data") if student_source else ("model", "train_data")
+
+    def options(self) -> dict[str, Any]:
+        opts = dataclasses.asdict(self.opts)
+        opts["feature_layers"] = list(self.opts.feature_layers)
+        opts["hard_label_weight"] = self.hard_weight
+        opts["student"] = self.student
+        if self.student:
+            opts["student_source_sha256"] = source_fingerprint(self.student)
+        opts["model_factory"] = self.model_factory
+        opts["tensorboard"] = self.tensorboard
+        return opts
+
+    @property
+    def hard_weight(self) -> float:
+        if self.opts.hard_label_weight is not None:
+            return self.opts.hard_label_weight
+        return 0.5 if self.has_labels else 0.0
+
+    def requires(self, inputs: dict[str, Any], ctx: BuildContext) -> None:
+        data = inputs.get("train_data")
+        if data is None:
+            raise ConfigError("distillation needs training data", hint="pass --train-data")
+        if len(data) < 4:
+            raise ConfigError(
+                f"distillation needs at least 4 training samples ({len(data)} given): some are held out to "
+                "choose the best student", hint="pass more --train-data",
+            )
+        if self.hard_weight and getattr(data, "labels", None) is None:
+            raise ConfigError(
+                f"the hard-label loss (weight {self.hard_weight}) needs labels, and none were given",
+                hint="pass --train-labels, or --hard-label-weight 0",
+            )
+
+    def run(self, inputs: dict[str, Any], out_dir: Path, ctx: BuildContext) -> DistilledModel:
+        torch = _torch()
+        F = torch.nn.functional
+        loaded: LoadedModel = inputs["model"]
+        data: CalibrationSet = inputs["train_data"]
+        spec = loaded.spec
+        opts = self.opts
+        torch.manual_seed(opts.seed)
+
+        if loaded.kind != "torch":
+            raise ConfigError(
+                f"distillation needs a PyTorch teacher, but '{loaded.source}' is an ONNX file",
+                hint="build from the PyTorch checkpoint",
+            )
+        teacher = self._teacher(loaded)
+        if self.student_source:
+            pruned: PrunedModel = inputs[self.student_source]
+            student = rebuild_pruned(teacher if is_plain_module(teacher) else None, pruned)
+            student_name = "the pruned model"
+        else:
+            student = build_student(self.student)
+            student_name = f"--student {self.student}"
+        self._check_shapes(teacher, student, spec, student_name)
+
+        arrays = stacked_inputs(data, spec)
+        xs = [torch.from_numpy(np.ascontiguousarray(arrays[n])) for n in spec.input_names]
+        count = len(xs[0])
+        labels = getattr(data, "labels", None)
+        y = torch.from_numpy(np.asarray(labels)).long() if labels is not None and self.hard_weight else None
+        t_outs = self._infer(teacher, xs, spec)
+        if y is not None and not is_logits(t_outs[0]):
+            raise ConfigError(
+                "the hard-label loss needs class scores on axis 1 of the first output, "
+                f"but it has shape {list(t_outs[0].shape)}",
+                hint="pass --hard-label-weight 0",
+            )
+
+        rng = np.random.default_rng(opts.seed)
+        perm = rng.permutation(count)
+        n_val = min(count - 2, max(2, int(round(opts.val_fraction * count))))
+        val_idx = torch.from_numpy(np.sort(perm[:n_val]))
+        train_idx = torch.from_numpy(np.sort(perm[n_val:]))
+        val_x = [x[val_idx] for x in xs]
+        val_t = [t[val_idx] for t in t_outs]
+        val_y = torch.from_numpy(np.asarray(labels)).long()[val_idx] if labels is not None else None
+
+        features = _Features(teacher, student, opts.feature_layers, xs, spec) if opts.feature_layers else None
+        params = list(student.parameters()) + (features.parameters() if features else [])
+        optimizer = torch.optim.Adam(params, lr=opts.lr)
+        steps_per_epoch = max(1, len(train_idx) // opts.batch_size)
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=opts.epochs * steps_per_epoch)
+        writer = self._writer(out_dir)
+        gen = torch.Generator().manual_seed(opts.seed)
+
+        def score(model: Any) -> tuple[float, float | None]:
+            outs = self._infer(model, val_x, spec, trainable=True)
+            if is_logits(val_t[0]):
+                agree = float((outs[0].argmax(1) == val_t[0].argmax(1)).float().mean() * 100)
+            else:
+                agree = -float(F.mse_loss(outs[0], val_t[0]))
+            acc = None
+            if val_y is not None and is_logits(outs[0]):
+                acc = float((outs[0].argmax(1) == val_y).float().mean() * 100)
+            return agree, acc
+
+        start_agree, start_acc = score(student)
+        best = (start_agree, 0, {k: v.detach().clone() for k, v in student.state_dict().items()})
+        ctx.report(
+            f"[distill] {len(train_idx)} training / {n_val} held-out samples; held-out agreement with the teacher "
+            f"before: {start_agree:.2f}%"
+        )
+        history = []
+        epoch_seconds = []
+        stale = 0
+        T = opts.temperature
+        w_hard = self.hard_weight if y is not None else 0.0
+        for epoch in range(1, opts.epochs + 1):
+            t0 = time.perf_counter()
+            student.train()
+            order = train_idx[torch.randperm(len(train_idx), generator=gen)]
+            total = 0.0
+            batches = 0
+            for i in range(0, len(order), opts.batch_size):
+                idx = order[i:i + opts.batch_size]
+                if len(idx) < 2:
+                    continue  # BatchNorm cannot train on one sample
+                batch = [x[idx] for x in xs]
+                s_outs = flatten_outputs(student(*batch)) if features is None else features.student_run(batch)
+                loss = 0.0
+                for s, t in zip(s_outs, t_outs):
+                    t = t[idx]
+                    if is_logits(t):
+                        soft = F.kl_div(F.log_softmax(s / T, 1), F.log_softmax(t / T, 1), reduction="none",
+                                        log_target=True).sum(1).mean() * (T * T)
+                    else:
+                        soft = F.mse_loss(s, t)
+                    loss = loss + (1.0 - w_hard) * soft
+                if w_hard:
+                    loss = loss + w_hard * F.cross_entropy(s_outs[0], y[idx])
+                if features is not None:
+                    loss = loss + opts.feature_weight * features.loss(batch)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                total += float(loss.detach())
+                batches += 1
+            student.eval()
+            agree, acc = score(student)
+            seconds = time.perf_counter() - t0
+            epoch_seconds.append(seconds)
+            lr = optimizer.param_groups[0]["lr"]
+            mean_loss = total / max(1, batches)
+            improved = agree > best[0]
+            if improved:
+                best = (agree, epoch, {k: v.detach().clone() for k, v in student.state_dict().items()})
+                stale = 0
+            else:
+                stale += 1
+            history.append({"epoch": epoch, "loss": round(mean_loss, 5), "agreement": round(agree, 3),
+                            "accuracy": None if acc is None else round(acc, 3), "seconds": round(seconds, 3)})
+            ctx.report(
+                f"[distill] epoch {epoch}/{opts.epochs}: loss {mean_loss:.4f}, held-out agreement {agree:.2f}%"
+                + (f", accuracy {acc:.2f}%" if acc is not None else "")
+                + f", lr {lr:.2e}, {seconds:.1f}s" + (" (best)" if improved else "")
+            )
+            if writer is not None:
+                writer.add_scalar("train/loss", mean_loss, epoch)
+                writer.add_scalar("held_out/agreement", agree, epoch)
+                if acc is not None:
+                    writer.add_scalar("held_out/accuracy", acc, epoch)
+                writer.add_scalar("train/lr", lr, epoch)
+            if stale >= opts.patience:
+                ctx.report(f"[distill] stopping early: no better agreement for {opts.patience} epochs")
+                break
+        if writer is not None:
+            writer.close()
+        if features is not None:
+            features.close()
+
+        student.load_state_dict(best[2])
+        student.eval()
+        final_agree, final_acc = score(student)
+        args = example_args(spec)
+        t_macs, t_params = count_macs_params(teacher, args)
+        s_macs, s_params = count_macs_params(student, args)
+        figures = {
+            "student": student_name,
+            "teacher_params": t_params,
+            "teacher_macs": t_macs,
+            "student_params": s_params,
+            "student_macs": s_macs,
+            "train_samples": int(len(train_idx)),
+            "held_out_samples": int(n_val),
+            "hard_label_weight": w_hard,
+            "agreement_before": round(start_agree, 3),
+            "agreement_after": round(final_agree, 3),
+            "accuracy_before": None if start_acc is None else round(start_acc, 3),
+            "accuracy_after": None if final_acc is None else round(final_acc, 3),
+            "best_epoch": best[1],
+            "epochs_run": len(history),
+            "seconds_per_epoch": round(float(np.mean(epoch_seconds)), 3) if epoch_seconds else 0.0,
+            "history": history,
+        }
+        ctx.report(
+            f"[distill] kept epoch {best[1]}: held-out agreement {start_agree:.2f}% -> {final_agree:.2f}%, "
+            f"{figures['seconds_per_epoch']:.2f}s per epoch"
+        )
+        torch.save(student.state_dict(), str(out_dir / WEIGHTS_FILE))
+        ep = save_torch_model(student, spec, out_dir, "distilled")
+        return DistilledModel("torch", spec, loaded.source, "distilled", module=student, exported=ep, figures=figures)
+
+    def _teacher(self, loaded: LoadedModel) -> Any:
+        """A module to run the teacher with: a trainable copy when one can be had (needed for feature hooks
+        and for rebuilding a pruned student), else the loaded module as is."""
+        if loaded.exported is None and is_plain_module(loaded.module):
+            return trainable_module(loaded, None, "distillation").eval()
+        if self.model_factory:
+            return trainable_module(loaded, self.model_factory, "distillation").eval()
+        if self.student_source or self.opts.feature_layers:
+            trainable_module(loaded, None, "distilling a pruned student" if self.student_source else "a feature loss")
+        return loaded.module
+
+    def _infer(self, model: Any, xs: list[Any], spec: InputSpec, trainable: bool = False) -> list[Any]:
+        """Outputs over all of ``xs``; in chunks of the exported batch size for a traced module."""
+        torch = _torch()
+        batch = 256
+        if not trainable and not is_plain_module(model):
+            first = spec.inputs[0].shape[0] if spec.inputs and spec.inputs[0].shape else 1
+            batch = first if isinstance(first, int) else 256
+        parts: list[list[Any]] = []
+        with torch.no_grad():
+            for i in range(0, len(xs[0]), batch):
+                parts.append([o.detach() for o in flatten_outputs(model(*[x[i:i + batch] for x in xs]))])
+        return [torch.cat([p[k] for p in parts]) for k in range(len(parts[0]))]
+
+    def _check_shapes(self, teacher: Any, student: Any, spec: InputSpec, name: str) -> None:
+        torch = _torch()
+        args = example_args(spec)
+        student.eval()
+        with tracking_modules(student) as stack, torch.no_grad():
+            try:
+                s_outs = flatten_outputs(student(*args))
+            except Exception as exc:
+                where = f" in module '{stack[-1]}'" if stack else ""
+                first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+                raise ConfigError(
+                    f"{name} fails on the teacher's inputs ({', '.join(t.name + ':' + t.shape_str() for t in spec.inputs)})"
+                    f"{where}: {first}",
+                    hint="the student must take the same inputs as the teacher",
+                ) from None
+        with torch.no_grad():
+            t_outs = flatten_outputs(teacher(*args))
+        s_shapes = [list(o.shape) for o in s_outs]
+        t_shapes = [list(o.shape) for o in t_outs]
+        if s_shapes != t_shapes:
+            raise ConfigError(
+                f"the outputs of {name} have shapes {s_shapes}, the teacher's have {t_shapes}",
+                hint="the student must produce outputs of the teacher's shapes (same classes, same order)",
+            )
+
+    def _writer(self, out_dir: Path) -> Any:
+        if not self.tensorboard:
+            return None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise TargetUnavailableError(
+                "TensorBoard logs (--tensorboard) need the Python package 'tensorboard', which is not installed",
+                hint="pip install tensorboard, or build without --tensorboard",
+            ) from None
+        return SummaryWriter(log_dir=str(out_dir / TENSORBOARD_DIR))
+
+    def save(self, value: DistilledModel, out_dir: Path) -> dict[str, Any]:
+        return {"source": str(value.source), "spec": value.spec.to_dict(), "figures": value.figures,
+                "files": {"model": MODEL_FILE, "weights": WEIGHTS_FILE}}
+
+    def restore(self, result: dict[str, Any], files: Path) -> DistilledModel:
+        torch = _torch()
+        ep = torch.export.load(str(files / result["files"]["model"]))
+        return DistilledModel("torch", InputSpec.from_dict(result["spec"]), Path(result["source"]), "distilled",
+                              module=ep.module(), exported=ep, figures=result["figures"])
+
+    def summary(self, value: DistilledModel) -> dict[str, Any]:
+        return value.figures
+
+
+class _Features:
+    """Feature loss: MSE between named layers' outputs, through a 1x1 projection on axis 1 when the student's
+    layer is narrower than the teacher's (as after pruning)."""
+
+    def __init__(self, teacher: Any, student: Any, names: tuple[str, ...], xs: list[Any], spec: InputSpec):
+        torch = _torch()
+        self.teacher, self.student, self.names = teacher, student, list(names)
+        t_modules, s_modules = dict(teacher.named_modules()), dict(student.named_modules())
+        for n in self.names:
+            if n not in t_modules or n not in s_modules:
+                where = "teacher" if n not in t_modules else "student"
+                raise ConfigError(
+                    f"--feature-layer '{n}' is not a module of the {where}",
+                    hint="name a module present in both, e.g. the output of a residual stage",
+                )
+        self._t: dict[str, Any] = {}
+        self._s: dict[str, Any] = {}
+        self._hooks = [t_modules[n].register_forward_hook(self._grab(self._t, n)) for n in self.names]
+        self._hooks += [s_modules[n].register_forward_hook(self._grab(self._s, n)) for n in self.names]
+        probe = [x[:2] for x in xs]
+        with torch.no_grad():
+            teacher(*probe)
+            student.eval()
+            student(*probe)
+        self.proj = {}
+        for n in self.names:
+            t_c, s_c = self._t[n].shape[1], self._s[n].shape[1]
+            self.proj[n] = torch.nn.Linear(s_c, t_c, bias=False) if t_c != s_c else None
+
+    @staticmethod
+    def _grab(store: dict[str, Any], name: str) -> Any:
+        def hook(mod: Any, args: Any, out: Any) -> None:
+            store[name] = flatten_outputs(out)[0]
+        return hook
+
+    def close(self) -> None:
+        for h in self._hooks:
+            h.remove()
+
+    def parameters(self) -> list[Any]:
+        return [p for m in self.proj.values() if m is not None for p in m.parameters()]
+
+    def student_run(self, batch: list[Any]) -> list[Any]:
+        return flatten_outputs(self.student(*batch))
+
+    def loss(self, batch: list[Any]) -> Any:
+        torch = _torch()
+        with torch.no_grad():
+            self.teacher(*batch)
+        total = 0.0
+        for n in self.names:
+            s, t = self._s[n], self._t[n].detach()
+            if self.proj[n] is not None:
+                s = self.proj[n](s.movedim(1, -1)).movedim(-1, 1)
+            total = total + torch.nn.functional.mse_loss(s, t)
+        return total / len(self.names)
+
+
+__all__ = ["DistillStage", "DistillOptions", "DistilledModel", "build_student", "source_fingerprint"]
