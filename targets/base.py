@@ -7,7 +7,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any, ClassVar
 
-from edgec.compiler.errors import ConfigError
+from edgec.compiler.errors import ConfigError, missing_dependency
 from edgec.compiler.types import Artifact, Feeds, InputSpec, ModelFormat, Precision
 
 
@@ -66,6 +66,20 @@ def parse_options(options_cls: type, values: dict[str, Any], where: str) -> Any:
         if value is not None and f.type in ("bool", bool) and not isinstance(value, bool):
             raise ConfigError(f"option {f.name} for {where} must be true or false, not {value!r}")
     return opts
+
+
+def require_packages(packages: tuple[str, ...], extra: str, purpose: str) -> None:
+    """Import each package, or raise the TargetUnavailableError naming it and the extra that installs it.
+
+    Importing (not just finding) also catches an installed package that is broken.
+    """
+    import importlib
+
+    for pkg in packages:
+        try:
+            importlib.import_module(pkg)
+        except ImportError:
+            raise missing_dependency(pkg, extra, purpose) from None
 
 
 @dataclasses.dataclass

@@ -8,16 +8,13 @@ difference from the source model on real inputs is recorded.
 
 from __future__ import annotations
 
-import contextlib
 import io
-import logging
-import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from edgec.compiler.context import BuildContext
+from edgec.compiler.context import BuildContext, quiet_tools
 from edgec.compiler.errors import ExportError, missing_dependency
 from edgec.compiler.modelio import one_torch_thread, torch_run
 from edgec.compiler.onnxutil import constants_to_initializers, ort_session, save_model
@@ -119,7 +116,7 @@ def _export_torch(loaded: LoadedModel, opset: int, info: dict[str, Any]) -> Any:
     errors = []
     if not is_script:
         try:
-            with _quiet():
+            with quiet_tools():
                 program = torch.onnx.export(
                     loaded.exported if loaded.exported is not None and not dynamic_axes else loaded.module, args, None, input_names=input_names, output_names=output_names,
                     opset_version=max(opset, 18), dynamo=True, external_data=False,
@@ -134,7 +131,7 @@ def _export_torch(loaded: LoadedModel, opset: int, info: dict[str, Any]) -> Any:
         info["dynamo_error"] = "TorchScript modules cannot be traced by torch.export"
     buf = io.BytesIO()
     try:
-        with _quiet():
+        with quiet_tools():
             torch.onnx.export(
                 loaded.module, args, buf, input_names=input_names, output_names=output_names,
                 opset_version=opset, dynamo=False, dynamic_axes=dynamic_axes or None, do_constant_folding=True,
@@ -149,23 +146,6 @@ def _export_torch(loaded: LoadedModel, opset: int, info: dict[str, Any]) -> Any:
     return onnx.load_from_string(buf.getvalue())
 
 
-@contextlib.contextmanager
-def _quiet():
-    """The exporters print progress and warnings; a build shows its own progress instead."""
-    sink = io.StringIO()
-    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    try:
-        with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
-
-
 def _slim(model: Any, info: dict[str, Any]) -> Any:
     try:
         import onnxslim
@@ -173,7 +153,7 @@ def _slim(model: Any, info: dict[str, Any]) -> Any:
         info["slim"] = "skipped: onnxslim not installed"
         return model
     try:
-        with _quiet():
+        with quiet_tools():
             slimmed = onnxslim.slim(model)
     except Exception as exc:
         info["slim"] = f"skipped: onnxslim failed ({' '.join(str(exc).split())[:200]})"

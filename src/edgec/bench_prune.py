@@ -20,17 +20,13 @@ Markdown section; the main benchmark suite includes it.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
-import io
-import logging
 import os
 import platform
 import statistics
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -190,17 +186,10 @@ def finetune(student: Any, x: np.ndarray, y: np.ndarray, epochs: int, seed: int 
     return student.eval(), statistics.fmean(seconds), ran
 
 
-@contextlib.contextmanager
 def _quiet():
-    sink = io.StringIO()
-    level = logging.root.level
-    logging.root.setLevel(logging.ERROR)
-    try:
-        with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logging.root.setLevel(level)
+    from edgec.compiler.context import quiet_tools
+
+    return quiet_tools("")
 
 
 def _onnx_accuracy(path: Path, x: np.ndarray, y: np.ndarray) -> float:

@@ -16,8 +16,6 @@ import argparse
 import contextlib
 import dataclasses
 import datetime
-import io
-import logging
 import os
 import platform
 import shlex
@@ -27,7 +25,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import warnings
 from collections.abc import Callable, Iterator
 from importlib import metadata
 from pathlib import Path
@@ -35,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from edgec.compiler.context import quiet_tools
 from edgec.bench_models import NAMES, BenchModel, load_model
 
 MISSING = "–"
@@ -177,24 +175,8 @@ def _one_line(exc: BaseException, limit: int = 240) -> str:
     return f"{type(exc).__name__}: {text}"[:limit]
 
 
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """Exporters and quantizers print progress bars and warnings; the suite prints its own progress."""
-    # torch's loggers hold their own handle on stderr, so redirecting sys.stderr does not silence them.
-    loggers = [
-        logging.getLogger(n) for n in ("", "torch", "torch.onnx", "torch.export", "onnxscript", "nncf")
-    ]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    sink = io.StringIO()
-    try:
-        with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
+def _quiet():
+    return quiet_tools("", "nncf")
 
 
 @contextlib.contextmanager

@@ -15,7 +15,7 @@ from edgec.compiler.onnxutil import kernel_counts, ort_session, save_model, topo
 from edgec.compiler.stages.calibrate import CalibrationStats
 from edgec.compiler.stages.export import OnnxModel
 from edgec.compiler.types import Artifact, InputSpec, ModelFormat, Precision, sha256_file
-from edgec.targets.base import Target
+from edgec.targets.base import Target, require_packages
 from edgec.targets.onnxruntime.runner import OnnxRuntimeRunner
 
 
@@ -95,13 +95,7 @@ class OnnxRuntimeTarget(Target):
 
     @classmethod
     def check_available(cls) -> None:
-        import importlib
-
-        for pkg in ("onnx", "onnxruntime"):
-            try:
-                importlib.import_module(pkg)
-            except ImportError:
-                raise missing_dependency(pkg, "onnx", "the onnxruntime target") from None
+        require_packages(("onnx", "onnxruntime"), "onnx", "the onnxruntime target")
 
     def __init__(self, options: OnnxRuntimeOptions | None = None):
         super().__init__(options)

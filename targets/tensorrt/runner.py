@@ -15,49 +15,31 @@ from typing import Any
 
 import numpy as np
 
-from edgec.compiler.errors import InputFileError, missing_dependency
-from edgec.compiler.onnxutil import ort_session
-from edgec.compiler.stages.load import onnx_spec
+from edgec.compiler.errors import InputFileError
 from edgec.compiler.types import Feeds, InputSpec
 from edgec.targets.base import Runner
+from edgec.targets.onnxsession import OnnxSessionRunner
 from edgec.targets.tensorrt import cudart
 from edgec.targets.tensorrt.bundle import sidecar_name
 
 
-class HostEstimateRunner(Runner):
+class HostEstimateRunner(OnnxSessionRunner):
     """The bundle's ONNX file on ONNX Runtime (CPU): an off-device estimate of what TensorRT will compute."""
 
+    purpose = "estimating TensorRT artifacts on the host"
+
     def __init__(self, path: Path, threads: int | None = None, device: str = "", majors: tuple[int, ...] = ()):
-        self.path = Path(path)
-        self.threads = threads or 0
+        super().__init__(path, threads)
         self.device = device
         self.majors = majors
-        self.session: Any = None
 
-    def load(self) -> None:
-        try:
-            import onnxruntime
-        except ImportError:
-            raise missing_dependency("onnxruntime", "onnx", "estimating TensorRT artifacts on the host") from None
+    def describe(self, version: str) -> str:
         target = f"TensorRT {'/'.join(f'{m}.x' for m in self.majors) or ''}".strip()
         where = f" on {self.device}" if self.device else ""
-        self.runtime = (
-            f"onnxruntime {onnxruntime.__version__} (CPUExecutionProvider): off-device estimate for {target}{where}, "
+        return (
+            f"onnxruntime {version} (CPUExecutionProvider): off-device estimate for {target}{where}, "
             "not a TensorRT measurement"
         )
-        self.session = ort_session(self.path, threads=self.threads, level="all")
-        self._outputs = [o.name for o in self.session.get_outputs()]
-
-    def close(self) -> None:
-        self.session = None
-
-    def input_specs(self) -> InputSpec:
-        import onnx
-
-        return onnx_spec(onnx.load(str(self.path), load_external_data=False))
-
-    def infer(self, feeds: Feeds) -> dict[str, Any]:
-        return dict(zip(self._outputs, self.session.run(self._outputs, feeds)))
 
 
 class TensorRTRunner(Runner):

@@ -12,11 +12,11 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from edgec.compiler.errors import QuantizationError, TargetBuildError, missing_dependency
+from edgec.compiler.errors import QuantizationError, TargetBuildError
 from edgec.compiler.stages.calibrate import CalibrationStats
 from edgec.compiler.stages.export import OnnxModel
 from edgec.compiler.types import Artifact, InputSpec, ModelFormat, Precision, sha256_file
-from edgec.targets.base import Runner, Target
+from edgec.targets.base import Runner, Target, require_packages
 from edgec.targets.tensorrt import bundle as bundle_mod
 from edgec.targets.tensorrt import conformance, devices, lint
 from edgec.targets.tensorrt.fp16 import convert_fp16
@@ -71,13 +71,7 @@ class TensorRTTarget(Target):
 
     @classmethod
     def check_available(cls) -> None:
-        import importlib
-
-        for pkg in ("onnx", "onnxruntime"):
-            try:
-                importlib.import_module(pkg)
-            except ImportError:
-                raise missing_dependency(pkg, "onnx", "the tensorrt target's bundles") from None
+        require_packages(("onnx", "onnxruntime"), "onnx", "the tensorrt target's bundles")
 
     def __init__(self, options: TensorRTOptions | None = None):
         super().__init__(options)
