@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from edgec.benchmarks.accuracy import AccuracyReport, compare_outputs
+from edgec.benchmarks.accuracy import compare_outputs
 from edgec.benchmarks.latency import DEFAULT_ITERATIONS, MemorySampler, measure_latency
 from edgec.benchmarks.results import BenchResults, RunResult, environment, now_iso
 from edgec.compiler.errors import (
@@ -227,7 +227,6 @@ def bench_artifacts(
     if reference is not None and reference_artifact is not None:
         raise ConfigError("give a reference function or a reference artifact, not both")
     say = progress or (lambda _msg: None)
-    label_arr = None if labels is None else np.asarray(labels)
 
     runs: list[RunResult] = []
     outputs: dict[int, list[Outputs]] = {}
@@ -244,7 +243,42 @@ def bench_artifacts(
         runs.append(run)
         outputs[i] = outs
 
-    described = ""
+    described = score_runs(
+        artifacts, runs, [outputs[i] for i in range(len(artifacts))], eval_feeds, reference=reference,
+        reference_artifact=reference_artifact, reference_name=reference_name, labels=labels, threads=threads, say=say,
+    )
+
+    return BenchResults(
+        runs=runs,
+        reference=described,
+        data_source=data_source,
+        samples=len(eval_feeds),
+        metadata={"warmup": warmup, "iterations": iterations, "duration_s": duration, "threads": threads},
+    )
+
+
+def score_runs(
+    artifacts: list[Artifact],
+    runs: list[RunResult],
+    outputs: list[list[Outputs]],
+    eval_feeds: list[Feeds],
+    *,
+    reference: Callable[[Feeds], Mapping[str, Any]] | None = None,
+    reference_artifact: Artifact | None = None,
+    reference_name: str | None = None,
+    labels: Any = None,
+    threads: int = 1,
+    say: Progress = lambda _msg: None,
+    default_name: Callable[[Artifact], str] = lambda a: f"{a.name} ({Path(a.path).name})",
+) -> str:
+    """Fill ``runs[i].accuracy`` by comparing ``outputs[i]`` (artifact i's outputs per sample) with its reference.
+
+    The reference is ``reference`` (a function run here), else ``reference_artifact``, else each artifact's FP32
+    sibling (``_default_reference``); an artifact in the list reuses its outputs, any other runs here once.
+    ``default_name`` names a reference artifact when ``reference_name`` is not given. Returns the description of
+    the references used, for the results.
+    """
+    label_arr = None if labels is None else np.asarray(labels)
     if reference is not None:
         say(f"running the reference on {len(eval_feeds)} samples")
         ref_outputs = [_outputs_to_numpy(reference(f), "the reference") for f in eval_feeds]
@@ -268,7 +302,7 @@ def bench_artifacts(
                         fl = [_adapt_feeds(f, runner.input_specs(), ref_art.spec) for f in eval_feeds]
                         cache[id(ref_art)] = _run_all(runner, fl, ref_art)
                 ref_outs = cache[id(ref_art)]
-            refs[i] = (ref_outs, reference_name or f"{ref_art.name} ({Path(ref_art.path).name})")
+            refs[i] = (ref_outs, reference_name or default_name(ref_art))
         described = ", ".join(sorted({name for _, name in refs.values()}))
 
     for i, artifact in enumerate(artifacts):
@@ -277,22 +311,11 @@ def bench_artifacts(
         ref_outs, ref_name = refs[i]
         ref_names = list(ref_outs[0])
         mapping = _match_outputs(ref_names, list(outputs[i][0]), artifact.name)
-        report: AccuracyReport = compare_outputs(
-            ref_outs,
-            _rename(outputs[i], mapping),
-            labels=label_arr,
-            output_names=ref_names,
+        runs[i].accuracy = compare_outputs(
+            ref_outs, _rename(outputs[i], mapping), labels=label_arr, output_names=ref_names,
             reference_name=ref_name,
         )
-        runs[i].accuracy = report
-
-    return BenchResults(
-        runs=runs,
-        reference=described,
-        data_source=data_source,
-        samples=len(eval_feeds),
-        metadata={"warmup": warmup, "iterations": iterations, "duration_s": duration, "threads": threads},
-    )
+    return described
 
 
 def _guess_precision(name: str) -> Precision:

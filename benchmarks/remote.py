@@ -24,17 +24,7 @@ from typing import Any
 import numpy as np
 
 from edgec.benchmarks import device
-from edgec.benchmarks.accuracy import compare_outputs
-from edgec.benchmarks.harness import (
-    _adapt_feeds,
-    _default_reference,
-    _match_outputs,
-    _outputs_to_numpy,
-    _rename,
-    _run_all,
-    load_build,
-    open_runner,
-)
+from edgec.benchmarks.harness import load_build, score_runs
 from edgec.benchmarks.latency import summarize
 from edgec.benchmarks.results import BenchResults, RunResult
 from edgec.compiler.errors import CalibrationError, ConfigError, InputFileError, TargetUnavailableError
@@ -413,40 +403,15 @@ def merge(
         raise ConfigError(f"the device {remote} ran none of the build's artifacts",
                           hint="benchmark ONNX or TFLite artifacts, or run edgec bench on the device itself")
 
-    refs: dict[int, tuple[list[dict[str, np.ndarray]], str]] = {}
-    if reference is not None:
-        say(f"running the reference on {len(eval_feeds)} samples")
-        ref_outs = [_outputs_to_numpy(reference(f), "the reference") for f in eval_feeds]
-        refs = {i: (ref_outs, reference_name or "reference function") for i in range(len(runs))}
-    elif reference_artifact is not None:
-        say(f"{reference_artifact.name}: running the reference artifact here on {len(eval_feeds)} samples")
-        with open_runner(reference_artifact, threads) as runner:
-            fl = [_adapt_feeds(f, runner.input_specs(), reference_artifact.spec) for f in eval_feeds]
-            ref_outs = _run_all(runner, fl, reference_artifact)
-        name = reference_name or f"{reference_artifact.name} ({Path(reference_artifact.path).name})"
-        refs = {i: (ref_outs, name) for i in range(len(runs))}
-    else:
-        for i, art in enumerate(run_arts):
-            ref_art = _default_reference(art, run_arts)
-            if ref_art is None:
-                continue
-            key = run_arts.index(ref_art)
-            runs[key].is_reference = True
-            refs[i] = (run_outs[key], reference_name or f"{ref_art.name} on the device")
-    for i, art in enumerate(run_arts):
-        if i not in refs:
-            continue
-        ref_outs, ref_name = refs[i]
-        ref_names = list(ref_outs[0])
-        mapping = _match_outputs(ref_names, list(run_outs[i][0]), art.name)
-        runs[i].accuracy = compare_outputs(
-            ref_outs, _rename(run_outs[i], mapping), labels=None if labels is None else np.asarray(labels),
-            output_names=ref_names, reference_name=ref_name,
-        )
+    described = score_runs(
+        run_arts, runs, run_outs, eval_feeds, reference=reference, reference_artifact=reference_artifact,
+        reference_name=reference_name, labels=labels, threads=threads, say=say,
+        default_name=lambda a: f"{a.name} on the device",
+    )
     settings = doc.get("settings") or {}
     return BenchResults(
         runs=runs,
-        reference=", ".join(sorted({name for _, name in refs.values()})),
+        reference=described,
         data_source=data_source,
         samples=len(eval_feeds),
         metadata={
