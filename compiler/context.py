@@ -6,7 +6,6 @@ import contextlib
 import dataclasses
 import io
 import logging
-import sys
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,10 +14,6 @@ from typing import Any
 from edgec.compiler.cache import BuildCache
 
 Reporter = Callable[[str], None]
-
-
-def stderr_reporter(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def silent_reporter(message: str) -> None:

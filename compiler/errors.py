@@ -1,7 +1,7 @@
 """Errors the user caused. Anything else that escapes is a bug and keeps its traceback.
 
-Each class carries the exit code the CLI returns for it; the README's table of exit codes is
-generated from these values (``tests/edgec/test_exit_codes.py`` keeps them in step).
+Each class carries the exit code the CLI returns for it; ``tests/driver/test_exit_codes.py`` checks that the
+README's table of exit codes and ``edgec --help`` list every one of them.
 """
 
 from __future__ import annotations

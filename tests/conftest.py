@@ -58,3 +58,28 @@ def write_npz(path: Path, **arrays: np.ndarray) -> Path:
 @pytest.fixture
 def copy_tree():
     return shutil.copytree
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A tiny CNN as an ExportedProgram (input x:1x1x8x8) and an 8-sample calib.npz, in one folder."""
+    import torch
+
+    import zoo_models
+
+    d = tmp_path_factory.mktemp("tiny")
+    path = d / "tiny.pt2"
+    torch.export.save(torch.export.export(zoo_models.tiny_cnn().eval(), (torch.zeros(1, 1, 8, 8),)), str(path))
+    np.savez(d / "calib.npz", x=np.random.default_rng(0).random((8, 1, 8, 8), dtype=np.float32))
+    return d
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Train small models on one torch thread: fastest for them, and a busy machine makes several threads spin."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -32,13 +32,7 @@ def wrong_classes():
 '''
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # Small models train fastest on one thread, and a busy machine makes several threads spin.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -6,23 +6,11 @@ import json
 import subprocess
 import sys
 
-import numpy as np
-import pytest
-import torch
 from click.testing import CliRunner
 
 from edgec.cli import cli
 
 import zoo_models
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    d = tmp_path_factory.mktemp("tiny")
-    path = d / "tiny.pt2"
-    torch.export.save(torch.export.export(zoo_models.tiny_cnn().eval(), (torch.zeros(1, 1, 8, 8),)), str(path))
-    np.savez(d / "calib.npz", x=np.random.default_rng(0).random((8, 1, 8, 8), dtype=np.float32))
-    return d
 
 
 def test_help_needs_neither_torch_nor_onnx():
