@@ -77,9 +77,7 @@ def tiny(tmp_path_factory):
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """Train small models on one torch thread: fastest for them, and a busy machine makes several threads spin."""
-    import torch
+    from edgec.compiler.modelio import one_torch_thread as single_thread
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with single_thread():
+        yield
