@@ -19,6 +19,8 @@ from edgec.targets.base import Target
 BUILTIN: dict[str, str] = {
     "onnxruntime": "edgec.targets.onnxruntime.target:OnnxRuntimeTarget",
     "tensorrt": "edgec.targets.tensorrt.target:TensorRTTarget",
+    "tflite": "edgec.targets.tflite.target:TFLiteTarget",
+    "tflm": "edgec.targets.tflm.target:TFLMTarget",
 }
 ENTRY_POINT_GROUP = "edgec.targets"
 

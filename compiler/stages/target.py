@@ -18,11 +18,12 @@ from edgec.compiler.types import Artifact, Precision
 class TargetStage(Stage):
     name = "target"
 
-    def __init__(self, target: Any, folder: str, precision: Precision):
+    def __init__(self, target: Any, folder: str, precision: Precision, source: str = "model"):
         self.target = target
         self.folder = folder
         self.precision = precision
-        self.reads = tuple(target.reads(precision))
+        # A torch-consuming target reads the model after pruning/distillation (``source``), not the loaded one.
+        self.reads = tuple(source if value == "model" else value for value in target.reads(precision))
         self.writes = f"artifacts:{folder}/{precision.value}"
         self.tools = tuple(getattr(target, "tools", ()))
 

@@ -289,7 +289,7 @@ def build(recipe: Recipe, report: Reporter = silent_reporter, cache_dir: Path | 
         checks = [pipeline.add(VerifyStage(source=final))]
         if plan.needs_int8:
             pipeline.add(CalibrateStage(recipe.calibration_method))
-        stage_names = [pipeline.add(TargetStage(target, profile.folder, p)) for profile, target, p in plan.builds]
+        stage_names = [pipeline.add(TargetStage(target, profile.folder, p, source=final)) for profile, target, p in plan.builds]
         pipeline.run(checks + stage_names)
 
         partial.mkdir()
