@@ -122,6 +122,20 @@ def open_runner(artifact: Artifact, threads: int | None = None) -> Runner:
     return target_class(artifact.target)().open(artifact, threads=threads)
 
 
+def run_outputs(
+    artifact: Artifact, eval_feeds: list[Feeds], threads: int | None = 1, output_names: list[str] | None = None
+) -> tuple[list[Outputs], str]:
+    """The artifact's outputs for each sample (renamed like ``output_names`` when given: by name, else by
+    position), and the runtime that ran it. No timing."""
+    with open_runner(artifact, threads) as runner:
+        feeds_list = [_adapt_feeds(f, runner.input_specs(), artifact.spec) for f in eval_feeds]
+        outputs = _run_all(runner, feeds_list, artifact)
+        runtime = runner.runtime
+    if output_names is not None:
+        outputs = _rename(outputs, _match_outputs(output_names, list(outputs[0]), artifact.name))
+    return outputs, runtime
+
+
 def _run_all(runner: Runner, feeds_list: list[Feeds], artifact: Artifact) -> list[Outputs]:
     return [_outputs_to_numpy(runner.infer(f), artifact.name) for f in feeds_list]
 

@@ -466,8 +466,6 @@ def bench(
     """
     from edgec.benchmarks.harness import bench_artifacts, load_build
     from edgec.calibration_data import load_dataset
-    from edgec.compiler.modelio import torch_run
-    from edgec.compiler.stages.load import detect_format, load_checkpoint
 
     if iterations is not None and duration is not None:
         raise ConfigError("--iterations and --duration exclude each other", hint="give one of them")
@@ -475,36 +473,10 @@ def bench(
     spec = artifacts[0].spec
     evaluation = load_dataset(data, spec, samples=samples, seed=seed, role="evaluation", labels=labels)
     report(f"[data] {len(evaluation)} evaluation samples from {data}")
-    ref_fn = ref_artifact = None
-    ref_name = None
-    checkpoint = manifest.get("checkpoint", {}).get("path")
-    if not reference and not any(a.precision == Precision.FP32 for a in artifacts) and checkpoint:
-        # No FP32 artifact to compare with: the checkpoint the build came from is the reference.
-        if Path(checkpoint).is_file():
-            reference = checkpoint
-            report(f"[reference] no FP32 artifact in the build: using the checkpoint {checkpoint}")
-    if reference:
-        ref_path = Path(reference)
-        if not ref_path.is_file():
-            raise InputFileError(f"--reference '{reference}' does not exist", hint="pass a checkpoint or an ONNX file")
-        if detect_format(ref_path) == "onnx":
-            ref_artifact = load_build(ref_path)[0][0]
-        else:
-            recipe = manifest.get("recipe", {})
-            specs = tuple(TensorSpec.parse(s) for s in (inputs or recipe.get("inputs") or ()))
-            loaded = load_checkpoint(
-                ref_path, specs, model_factory or recipe.get("model_factory"),
-                trust_checkpoint or bool(recipe.get("trust_checkpoint")),
-            )
-            in_names = spec.input_names
-            out_names = [t.name for t in spec.outputs]
-
-            def torch_reference(feeds):
-                return dict(zip(out_names, torch_run(loaded.module, feeds, in_names)))
-
-            ref_fn = torch_reference
-
-            ref_name = f"torch ({ref_path.name})"
+    ref_fn, ref_artifact, ref_name = _reference(
+        reference, manifest, artifacts, inputs, model_factory, trust_checkpoint, report,
+        prefer_checkpoint=False,
+    )
     if remote:
         from edgec.benchmarks.remote import bench_remote
 
@@ -520,3 +492,108 @@ def bench(
         threads=threads, progress=report, reference_name=ref_name, data_source=str(data),
     )
     return results
+
+
+def compare(
+    path: Path,
+    data: str,
+    *,
+    labels: str | None = None,
+    samples: int | None = None,
+    seed: int = 0,
+    reference: str | None = None,
+    inputs=(),
+    model_factory: str | None = None,
+    trust_checkpoint: bool = False,
+    only: tuple[str, ...] = (),
+    layer_samples: int = 8,
+    jump_ratio: float | None = None,
+    jump_min_increase: float | None = None,
+    threads: int = 1,
+    report: Reporter = silent_reporter,
+):
+    """Run ``edgec compare``: the same inputs through the reference (by default the build's checkpoint in torch)
+    and every artifact; each reduced-precision ONNX artifact also walked layer by layer against FP32."""
+    from edgec.benchmarks import compare as cmp
+    from edgec.benchmarks.harness import load_build
+    from edgec.calibration_data import load_dataset
+
+    if layer_samples < 0:
+        raise ConfigError(f"--layer-samples must be 0 or more, not {layer_samples}")
+    artifacts, manifest = load_build(path)
+    if only:
+        known = {a.name for a in artifacts}
+        unknown = [n for n in only if n not in known]
+        if unknown:
+            raise ConfigError(
+                f"no artifact {', '.join(repr(n) for n in unknown)} in '{path}'",
+                hint=f"artifacts in the build: {', '.join(sorted(known))}",
+            )
+        artifacts = [a for a in artifacts if a.name in only]
+    spec = artifacts[0].spec
+    evaluation = load_dataset(data, spec, samples=samples, seed=seed, role="evaluation", labels=labels)
+    report(f"[data] {len(evaluation)} samples from {data}")
+    ref_fn, ref_artifact, ref_name = _reference(
+        reference, manifest, artifacts, inputs, model_factory, trust_checkpoint, report, prefer_checkpoint=True,
+    )
+    jumps = {}
+    if jump_ratio is not None:
+        jumps["jump_ratio"] = jump_ratio
+    if jump_min_increase is not None:
+        jumps["jump_min_increase"] = jump_min_increase
+    return cmp.compare_build(
+        artifacts, evaluation.samples, reference=ref_fn, reference_artifact=ref_artifact, reference_name=ref_name,
+        labels=getattr(evaluation, "labels", None), layer_samples=layer_samples, threads=threads, say=report,
+        **jumps,
+    )
+
+
+def _reference(
+    reference: str | None,
+    manifest: dict[str, Any],
+    artifacts: list[Artifact],
+    inputs=(),
+    model_factory: str | None = None,
+    trust_checkpoint: bool = False,
+    report: Reporter = silent_reporter,
+    *,
+    prefer_checkpoint: bool,
+) -> tuple[Any, Any, str | None]:
+    """(torch reference function, reference artifact, its name): ``reference`` when given; else the build's
+    checkpoint when ``prefer_checkpoint`` or when the build has no FP32 artifact; else neither (the harness then
+    uses each artifact's FP32 sibling)."""
+    from edgec.benchmarks.harness import load_build
+    from edgec.compiler.modelio import torch_run
+    from edgec.compiler.stages.load import detect_format, load_checkpoint
+
+    spec = artifacts[0].spec
+    checkpoint = manifest.get("checkpoint", {}).get("path")
+    if not reference and checkpoint and (
+        prefer_checkpoint or not any(a.precision == Precision.FP32 for a in artifacts)
+    ):
+        if Path(checkpoint).is_file():
+            reference = checkpoint
+            why = "" if prefer_checkpoint else "no FP32 artifact in the build: "
+            report(f"[reference] {why}using the checkpoint {checkpoint}")
+        elif prefer_checkpoint:
+            report(f"[reference] the build's checkpoint {checkpoint} is not here: using the FP32 artifacts")
+    if not reference:
+        return None, None, None
+    ref_path = Path(reference)
+    if not ref_path.is_file():
+        raise InputFileError(f"--reference '{reference}' does not exist", hint="pass a checkpoint or an ONNX file")
+    if detect_format(ref_path) == "onnx":
+        return None, load_build(ref_path)[0][0], None
+    recipe = manifest.get("recipe", {})
+    specs = tuple(TensorSpec.parse(s) for s in (inputs or recipe.get("inputs") or ()))
+    loaded = load_checkpoint(
+        ref_path, specs, model_factory or recipe.get("model_factory"),
+        trust_checkpoint or bool(recipe.get("trust_checkpoint")),
+    )
+    in_names = spec.input_names
+    out_names = [t.name for t in spec.outputs]
+
+    def torch_reference(feeds):
+        return dict(zip(out_names, torch_run(loaded.module, feeds, in_names)))
+
+    return torch_reference, None, f"torch ({ref_path.name})"

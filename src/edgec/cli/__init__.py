@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import signal
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
@@ -18,6 +19,8 @@ from edgec.compiler.errors import EdgecError
 COMMANDS = {
     "build": "edgec.cli.build:build",
     "bench": "edgec.cli.bench:bench",
+    "compare": "edgec.cli.compare:compare",
+    "report": "edgec.cli.report:report",
     "inspect": "edgec.cli.inspect:inspect",
     "targets": "edgec.cli.targets:targets",
     "engine": "edgec.cli.engine:engine",
@@ -75,6 +78,19 @@ def reporter(ctx: click.Context):
     if ctx.find_root().obj.get("quiet"):
         return lambda message: None
     return lambda message: click.echo(message, err=True)
+
+
+def emit_json(data: Any, target: str | Path) -> None:
+    """Write ``data`` as JSON to a file, or to stdout when ``target`` is '-' (machine-readable output)."""
+    import json
+
+    text = json.dumps(data, indent=2, allow_nan=False, default=str) + "\n"
+    if str(target) == "-":
+        click.echo(text, nl=False)
+        return
+    path = Path(target)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
 
 
 def main() -> None:

@@ -1,0 +1,318 @@
+"""``edgec report``: saved benchmark results as one self-contained HTML page and a Markdown file.
+
+The page needs no network and no script: plots are inline SVG drawn here (latency distribution per artifact,
+accuracy drop against latency and against size with the Pareto front marked), tables are plain HTML. Several
+results files (a host run and a device run, say) are merged, each run labelled with where it ran.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import html
+import math
+from pathlib import Path
+
+from edgec.benchmarks.report import format_size, markdown_table
+from edgec.benchmarks.results import BenchResults, RunResult
+from edgec.compiler.errors import InputFileError
+
+PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#7f7f7f",
+           "#bcbd22")
+
+
+@dataclasses.dataclass
+class Point:
+    """One run as plotted: its label, p50 latency, size and accuracy drop (points)."""
+
+    label: str
+    latency_ms: float
+    size_bytes: int
+    drop: float | None
+    color: str
+
+
+def load_results(paths: list[Path]) -> list[tuple[str, BenchResults]]:
+    """(source label, results) per file; the label tells runs from different files apart."""
+    if not paths:
+        raise InputFileError("no results files given", hint="pass one or more JSON files written by edgec bench --json")
+    loaded = [(Path(p), BenchResults.from_json(p)) for p in paths]
+    stems = [p.stem for p, _ in loaded]
+    out = []
+    for (path, results), stem in zip(loaded, stems):
+        label = stem if stems.count(stem) == 1 else str(path)
+        out.append((label, results))
+    return out
+
+
+def _run_label(run: RunResult, source: str, many: bool) -> str:
+    return f"{run.name} [{source}]" if many else run.name
+
+
+def _runs(sources: list[tuple[str, BenchResults]]) -> list[tuple[str, RunResult]]:
+    many = len(sources) > 1
+    return [(_run_label(run, source, many), run) for source, results in sources for run in results.runs]
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point beats on both axes (lower is better on both), by x."""
+    front = []
+    for i, (x, y) in enumerate(points):
+        dominated = any(
+            (x2 <= x and y2 <= y) and (x2 < x or y2 < y) for j, (x2, y2) in enumerate(points) if j != i
+        )
+        if not dominated:
+            front.append(i)
+    return sorted(front, key=lambda i: points[i])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# SVG plots.
+
+
+def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:
+    if hi <= lo:
+        hi = lo + 1.0
+    step = 10 ** math.floor(math.log10((hi - lo) / n))
+    for m in (1, 2, 5, 10):
+        if (hi - lo) / (step * m) <= n:
+            step *= m
+            break
+    start = math.floor(lo / step) * step
+    return [start + k * step for k in range(int((hi - start) / step) + 2) if start + k * step <= hi + 1e-12]
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.3g}"
+
+
+def latency_plot(runs: list[tuple[str, RunResult]], colors: dict[str, str]) -> str:
+    """Horizontal box plots (p25-p75 box, p50 line, whiskers min-p99) with every timed call as a dot."""
+    width, row_h, left, right, top = 860, 34, 230, 30, 30
+    height = top + row_h * len(runs) + 40
+    values = [v for _, r in runs for v in (r.latency.latencies_ms or [r.latency.p50_ms])]
+    lo, hi = min(values), max(values)
+    pad = (hi - lo) * 0.05 or hi * 0.05 or 1.0
+    lo, hi = max(0.0, lo - pad), hi + pad
+
+    def x(v: float) -> float:
+        return left + (v - lo) / (hi - lo) * (width - left - right)
+
+    parts = [f'<svg class="plot" viewBox="0 0 {width} {height}" width="{width}" height="{height}" '
+             'role="img" aria-label="latency distribution per artifact">']
+    for t in _ticks(lo, hi):
+        parts.append(f'<line x1="{x(t):.1f}" y1="{top - 8}" x2="{x(t):.1f}" y2="{height - 34}" class="grid"/>'
+                     f'<text x="{x(t):.1f}" y="{height - 18}" class="tick" text-anchor="middle">{_fmt(t)}</text>')
+    parts.append(f'<text x="{(left + width - right) / 2}" y="{height - 2}" text-anchor="middle" class="axis">'
+                 'latency per call (ms)</text>')
+    for i, (label, run) in enumerate(runs):
+        cy = top + row_h * i + row_h / 2
+        lat = run.latency
+        data = sorted(lat.latencies_ms) or [lat.p50_ms]
+        q1, q3 = data[len(data) // 4], data[(3 * len(data)) // 4]
+        color = colors[label]
+        parts.append(f'<text x="{left - 8}" y="{cy + 4:.1f}" text-anchor="end" class="label">{html.escape(label)}</text>')
+        parts.append(f'<line x1="{x(lat.min_ms):.1f}" y1="{cy:.1f}" x2="{x(lat.p99_ms):.1f}" y2="{cy:.1f}" '
+                     f'stroke="{color}" stroke-width="1.5"/>')
+        parts.append(f'<rect x="{x(q1):.1f}" y="{cy - 9:.1f}" width="{max(1.0, x(q3) - x(q1)):.1f}" height="18" '
+                     f'fill="{color}" fill-opacity="0.25" stroke="{color}"/>')
+        parts.append(f'<line x1="{x(lat.p50_ms):.1f}" y1="{cy - 11:.1f}" x2="{x(lat.p50_ms):.1f}" '
+                     f'y2="{cy + 11:.1f}" stroke="{color}" stroke-width="3"><title>{html.escape(label)}: p50 '
+                     f'{lat.p50_ms:.3f} ms, p90 {lat.p90_ms:.3f}, p99 {lat.p99_ms:.3f}</title></line>')
+        step = max(1, len(data) // 200)
+        for k, v in enumerate(lat.latencies_ms[::step]):
+            jitter = ((k * 7919) % 13 - 6) * 0.9
+            parts.append(f'<circle cx="{x(v):.1f}" cy="{cy + jitter:.1f}" r="1.4" fill="{color}" fill-opacity="0.5"/>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def scatter_plot(points: list[Point], xkey: str, xlabel: str, log_x: bool = False) -> str:
+    """Accuracy drop against ``xkey`` (latency or size); the Pareto front joined by a dashed line."""
+    usable = [p for p in points if p.drop is not None]
+    width, height, left, right, top, bottom = 860, 380, 70, 30, 20, 50
+    if not usable:
+        return '<p class="note">No accuracy figures in these results (no reference), so no accuracy plot.</p>'
+    xs = [getattr(p, xkey) for p in usable]
+    ys = [p.drop for p in usable]
+    tx = (lambda v: math.log10(max(v, 1e-9))) if log_x else (lambda v: float(v))
+    x_lo, x_hi = min(map(tx, xs)), max(map(tx, xs))
+    x_pad = (x_hi - x_lo) * 0.08 or 0.5
+    y_lo, y_hi = min(0.0, min(ys)), max(ys)
+    y_pad = (y_hi - y_lo) * 0.1 or 0.5
+    x_lo, x_hi, y_lo, y_hi = x_lo - x_pad, x_hi + x_pad, y_lo - y_pad, y_hi + y_pad
+
+    def px(v: float) -> float:
+        return left + (tx(v) - x_lo) / (x_hi - x_lo) * (width - left - right)
+
+    def py(v: float) -> float:
+        return top + (y_hi - v) / (y_hi - y_lo) * (height - top - bottom)
+
+    parts = [f'<svg class="plot" viewBox="0 0 {width} {height}" width="{width}" height="{height}" role="img" '
+             f'aria-label="accuracy drop against {html.escape(xlabel)}">']
+    for t in _ticks(y_lo, y_hi):
+        parts.append(f'<line x1="{left}" y1="{py(t):.1f}" x2="{width - right}" y2="{py(t):.1f}" class="grid"/>'
+                     f'<text x="{left - 6}" y="{py(t) + 4:.1f}" text-anchor="end" class="tick">{_fmt(t)}</text>')
+    for t in _ticks(x_lo, x_hi):
+        v = 10 ** t if log_x else t
+        parts.append(f'<text x="{left + (t - x_lo) / (x_hi - x_lo) * (width - left - right):.1f}" '
+                     f'y="{height - bottom + 18}" text-anchor="middle" class="tick">'
+                     f'{format_size(int(v)) if xkey == "size_bytes" else _fmt(v)}</text>')
+    parts.append(f'<text x="{(left + width - right) / 2}" y="{height - 8}" text-anchor="middle" class="axis">'
+                 f'{html.escape(xlabel)}</text>')
+    parts.append(f'<text x="14" y="{(top + height - bottom) / 2}" text-anchor="middle" class="axis" '
+                 f'transform="rotate(-90 14 {(top + height - bottom) / 2})">accuracy drop (points)</text>')
+    front = pareto_front([(tx(getattr(p, xkey)), p.drop) for p in usable])
+    if len(front) > 1:
+        path = " ".join(f"{px(getattr(usable[i], xkey)):.1f},{py(usable[i].drop):.1f}" for i in front)
+        parts.append(f'<polyline points="{path}" class="front"/>')
+    for i, p in enumerate(usable):
+        on_front = i in front
+        cx, cy = px(getattr(p, xkey)), py(p.drop)
+        tip = (f"{p.label}: drop {p.drop:.2f} pts, p50 {p.latency_ms:.3f} ms, {format_size(p.size_bytes)}"
+               + (" (Pareto front)" if on_front else ""))
+        parts.append(f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="{7 if on_front else 5}" fill="{p.color}" '
+                     f'stroke="{"#000" if on_front else "none"}" stroke-width="1.5"><title>{html.escape(tip)}</title>'
+                     f'</circle><text x="{cx + 9:.1f}" y="{cy - 7:.1f}" class="pt">{html.escape(p.label)}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Tables and the page.
+
+
+def _td(value: object, numeric: bool = True) -> str:
+    return f'<td class="{"num" if numeric else "txt"}">{html.escape(str(value))}</td>'
+
+
+def _num(v: float | None, spec: str) -> str:
+    return "–" if v is None else format(v, spec)
+
+
+def summary_rows(runs: list[tuple[str, RunResult]], front: set[str]) -> list[list[str]]:
+    rows = []
+    for label, run in runs:
+        lat, acc = run.latency, run.accuracy
+        rows.append([
+            label + (" ★" if label in front else ""), run.runtime.split(" (")[0] or "–",
+            format_size(run.size_bytes), _num(lat.p50_ms, ".3f"), _num(lat.p90_ms, ".3f"), _num(lat.p99_ms, ".3f"),
+            _num(lat.throughput_per_s, ".1f"), _num(acc.agreement if acc else None, ".2f"),
+            _num(acc.accuracy_drop if acc else None, "+.2f"), _num(acc.min_cosine if acc else None, ".6f"),
+        ])
+    return rows
+
+
+SUMMARY_COLUMNS = ("artifact", "runtime", "size", "p50 ms", "p90 ms", "p99 ms", "throughput/s", "top-1 agree %",
+                   "drop pts", "cosine")
+OUTPUT_COLUMNS = ("artifact", "output", "top-1 agree %", "accuracy %", "cosine", "SNR dB", "max abs err",
+                  "mean abs err")
+
+
+def output_rows(runs: list[tuple[str, RunResult]]) -> list[list[str]]:
+    rows = []
+    for label, run in runs:
+        if run.accuracy is None:
+            continue
+        for name, m in run.accuracy.per_output.items():
+            rows.append([label, name, _num(m.top1_agreement, ".2f"), _num(m.accuracy, ".2f"), _num(m.cosine, ".6f"),
+                         _num(m.snr_db, ".1f"), _num(m.max_abs_error, ".3g"), _num(m.mean_abs_error, ".3g")])
+    return rows
+
+
+def _html_table(columns: tuple[str, ...], rows: list[list[str]], text_columns: int) -> str:
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = "".join(
+        "<tr>" + "".join(_td(c, numeric=i >= text_columns) for i, c in enumerate(r)) + "</tr>" for r in rows
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _points(runs: list[tuple[str, RunResult]], colors: dict[str, str]) -> list[Point]:
+    return [
+        Point(label, run.latency.p50_ms, run.size_bytes, run.accuracy.accuracy_drop if run.accuracy else None,
+              colors[label])
+        for label, run in runs
+    ]
+
+
+def _front_labels(points: list[Point]) -> set[str]:
+    usable = [p for p in points if p.drop is not None]
+    return {usable[i].label for i in pareto_front([(p.latency_ms, p.drop) for p in usable])}
+
+
+CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:24px auto;max-width:980px;color:#222}
+h1{font-size:1.5em}h2{font-size:1.15em;margin-top:1.8em;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;font-size:0.85em;margin:8px 0}th,td{padding:3px 8px;border-bottom:1px solid #eee}
+th{background:#f4f4f4;text-align:left}td.num{text-align:right;font-variant-numeric:tabular-nums}
+.note,.meta{color:#555;font-size:0.85em}.plot{max-width:100%;height:auto;background:#fff}
+.grid{stroke:#e5e5e5}.tick{font-size:11px;fill:#555}.axis{font-size:12px;fill:#333}.label{font-size:12px}
+.pt{font-size:10px;fill:#333}.front{fill:none;stroke:#000;stroke-dasharray:5 4;stroke-width:1.2}
+"""
+
+
+def render_html(sources: list[tuple[str, BenchResults]], title: str = "edgec benchmark report") -> str:
+    """The whole page as a string: no external resources, no script."""
+    runs = _runs(sources)
+    if not runs:
+        raise InputFileError("the results files hold no runs", hint="pass JSON files written by edgec bench --json")
+    colors = {label: PALETTE[i % len(PALETTE)] for i, (label, _) in enumerate(runs)}
+    points = _points(runs, colors)
+    front = _front_labels(points)
+    meta = []
+    for source, results in sources:
+        env = results.runs[0].environment if results.runs else {}
+        meta.append(
+            f"<li><b>{html.escape(source)}</b>: {len(results.runs)} runs, {results.samples} samples"
+            f"{' from ' + html.escape(results.data_source) if results.data_source else ''}; reference: "
+            f"{html.escape(results.reference or '–')}; {html.escape(str(env.get('cpu', '')))} "
+            f"({html.escape(str(env.get('platform', '')))}); {html.escape(results.created_at)}</li>"
+        )
+    return "".join([
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">",
+        f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1><ul class=\"meta\">{''.join(meta)}</ul>",
+        "<h2>Summary</h2>",
+        _html_table(SUMMARY_COLUMNS, summary_rows(runs, front), text_columns=2),
+        '<p class="note">★ on the Pareto front of p50 latency against accuracy drop (nothing is both faster and '
+        "more accurate). Drop: reference minus candidate accuracy with labels, else 100 minus top-1 agreement.</p>",
+        "<h2>Latency distribution</h2>", latency_plot(runs, colors),
+        '<p class="note">Box: 25th-75th percentile; thick line: p50; whisker: min to p99; dots: timed calls.</p>',
+        "<h2>Accuracy drop against latency</h2>", scatter_plot(points, "latency_ms", "p50 latency (ms)"),
+        "<h2>Accuracy drop against size</h2>", scatter_plot(points, "size_bytes", "artifact size", log_x=True),
+        '<p class="note">Dashed line: the Pareto front (lower-left is better on both axes).</p>',
+        "<h2>Errors per output</h2>", _html_table(OUTPUT_COLUMNS, output_rows(runs), text_columns=2),
+        "</body></html>\n",
+    ])
+
+
+def render_markdown(sources: list[tuple[str, BenchResults]], title: str = "edgec benchmark report") -> str:
+    """The results tables as Markdown: the bench table per results file, then errors per output."""
+    parts = [f"# {title}", ""]
+    for source, results in sources:
+        if len(sources) > 1:
+            parts += [f"## {source}", ""]
+        parts += [markdown_table(results), ""]
+    rows = output_rows(_runs(sources))
+    if rows:
+        parts += ["## Errors per output", "", "| " + " | ".join(OUTPUT_COLUMNS) + " |",
+                  "|" + "|".join("---" if i < 2 else "---:" for i in range(len(OUTPUT_COLUMNS))) + "|"]
+        parts += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(parts) + "\n"
+
+
+def write_report(paths: list[Path], html_out: Path | None, md_out: Path | None, title: str) -> list[Path]:
+    """Render the results files to ``html_out`` and/or ``md_out``; returns what was written."""
+    sources = load_results(paths)
+    written = []
+    for out, render in ((html_out, render_html), (md_out, render_markdown)):
+        if out is None:
+            continue
+        text = render(sources, title)
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f".{out.name}.tmp")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(out)
+        written.append(out)
+    return written
