@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from edgec.benchmarks.accuracy import AccuracyReport, compare_outputs
+from edgec.compiler.context import track
 from edgec.compiler.errors import ConfigError
 from edgec.compiler.types import Artifact, Feeds, ModelFormat
 
@@ -424,7 +425,10 @@ def compare_build(
     label_arr = None if labels is None else np.asarray(labels)
     if reference is not None:
         say(f"reference: running {reference_name or 'the reference'} on {len(eval_feeds)} samples")
-        ref_outputs = [{k: np.asarray(_numpy(v)) for k, v in reference(f).items()} for f in eval_feeds]
+        ref_outputs = [
+            {k: np.asarray(_numpy(v)) for k, v in reference(f).items()}
+            for f in track(say, "reference: samples", eval_feeds)
+        ]
         ref_label = reference_name or "reference function"
         candidates = list(artifacts)
     else:
@@ -435,7 +439,7 @@ def compare_build(
                 hint="pass --reference CHECKPOINT (run in torch) or an FP32 .onnx file",
             )
         say(f"reference: {ref_art.name} on {len(eval_feeds)} samples")
-        ref_outputs, _ = run_outputs(ref_art, eval_feeds, threads)
+        ref_outputs, _ = run_outputs(ref_art, eval_feeds, threads, say=say)
         ref_label = reference_name or ref_art.name
         candidates = [a for a in artifacts if a is not ref_art]
     outputs: dict[str, list[Outputs]] = {}
@@ -443,7 +447,7 @@ def compare_build(
     ref_names = list(ref_outputs[0])
     for i, artifact in enumerate(candidates, 1):
         say(f"[{i}/{len(candidates)}] {artifact.name}: {len(eval_feeds)} samples")
-        outs, runtimes[artifact.name] = run_outputs(artifact, eval_feeds, threads, output_names=ref_names)
+        outs, runtimes[artifact.name] = run_outputs(artifact, eval_feeds, threads, output_names=ref_names, say=say)
         outputs[artifact.name] = outs
     comparison = compare_runtimes(candidates, outputs, runtimes, ref_outputs, ref_label, label_arr)
     if layer_samples:

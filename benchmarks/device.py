@@ -333,9 +333,18 @@ _TFLITE_RUNTIMES = [
 
 
 class TFLiteSession:
-    """A .tflite file on the first LiteRT/TFLite interpreter installed."""
+    """A .tflite file on the first LiteRT/TFLite interpreter installed.
 
-    def __init__(self, path: str, threads: int):
+    With the artifact's ``io`` metadata (what edgec's tflite target records), it takes float feeds laid out like
+    the model's spec (NCHW images) under the spec's names, and gives float outputs in the spec's layout: it
+    transposes to the file's layout (NHWC), quantizes int8 inputs with the recorded scale and zero point, and
+    dequantizes int8 outputs, as the host runner does.
+    """
+
+    def __init__(self, path: str, threads: int, io: dict[str, Any] | None = None):
+        import numpy as np
+
+        self._np = np
         mod, self.runtime = _import_first(_TFLITE_RUNTIMES, "TFLite artifacts")
         interpreter_cls = getattr(mod, "Interpreter")
         self.interpreter = interpreter_cls(model_path=path, num_threads=threads or None)
@@ -344,26 +353,67 @@ class TFLiteSession:
         outs = self.interpreter.get_output_details()
         self._in_index = {d["name"]: d["index"] for d in ins}
         self._in_shape = {d["name"]: tuple(d["shape"]) for d in ins}
-        self.inputs = [(d["name"], str(getattr(d["dtype"], "__name__", d["dtype"]))) for d in ins]
         self._out_index = [d["index"] for d in outs]
-        self.outputs = [d["name"] for d in outs]
+        self.io = io if io and io.get("inputs") and io.get("outputs") else None
+        if self.io is None:
+            self.inputs = [(d["name"], str(getattr(d["dtype"], "__name__", d["dtype"]))) for d in ins]
+            self.outputs = [d["name"] for d in outs]
+        else:
+            # the spec's names and float dtypes: the quantization happens here, after adapt_feeds
+            self.inputs = [
+                (t["name"], "float32" if t.get("scale") is not None else t.get("dtype", "float32"))
+                for t in self.io["inputs"]
+            ]
+            self.outputs = [t["name"] for t in self.io["outputs"]]
+            by_name = {d["name"]: d["index"] for d in outs}
+            self._out_index = [by_name.get(t.get("tflite_name"), idx)
+                               for t, idx in zip(self.io["outputs"], self._out_index)]
+
+    def _set(self, name: str, value: Any) -> None:
+        index = self._in_index[name]
+        if self._in_shape[name] != value.shape:
+            self.interpreter.resize_tensor_input(index, value.shape)
+            self.interpreter.allocate_tensors()
+            self._in_shape[name] = value.shape
+        self.interpreter.set_tensor(index, value)
 
     def infer(self, feeds: dict[str, Any]) -> list[Any]:
-        for name, value in feeds.items():
-            index = self._in_index[name]
-            if self._in_shape[name] != value.shape:
-                self.interpreter.resize_tensor_input(index, value.shape)
-                self.interpreter.allocate_tensors()
-                self._in_shape[name] = value.shape
-            self.interpreter.set_tensor(index, value)
+        if self.io is None:
+            for name, value in feeds.items():
+                self._set(name, value)
+            self.interpreter.invoke()
+            return [self.interpreter.get_tensor(i) for i in self._out_index]
+        np = self._np
+        names = list(self._in_index)
+        for k, t in enumerate(self.io["inputs"]):
+            arr = np.asarray(feeds[t["name"]])
+            if t.get("transpose"):
+                arr = arr.transpose(t["transpose"])
+            if t.get("scale") is not None:
+                info = np.iinfo(t["dtype"])
+                arr = np.clip(np.round(arr / t["scale"]) + t["zero_point"], info.min, info.max)
+            arr = np.ascontiguousarray(arr.astype(t["dtype"]))
+            self._set(t.get("tflite_name") if t.get("tflite_name") in self._in_index else names[k], arr)
         self.interpreter.invoke()
-        return [self.interpreter.get_tensor(i) for i in self._out_index]
+        out = []
+        for t, index in zip(self.io["outputs"], self._out_index):
+            arr = self.interpreter.get_tensor(index)
+            if t.get("scale") is not None:
+                arr = (arr.astype(np.float32) - t["zero_point"]) * np.float32(t["scale"])
+            if t.get("transpose"):
+                arr = np.ascontiguousarray(arr.transpose(t["transpose"]))
+            out.append(arr)
+        return out
 
 
 #: Artifact format -> the session class that runs it here.
 SESSIONS: dict[str, Any] = {"onnx": OnnxSession, "tflite": TFLiteSession}
 #: Targets whose artifacts share a format with a runtime above but need their own (TensorRT builds its engine).
-UNSUPPORTED_TARGETS = {"tensorrt": "needs TensorRT on the device, which the device runner does not drive yet"}
+UNSUPPORTED_TARGETS = {
+    "tensorrt": "needs TensorRT on the device, which the device runner does not drive yet",
+    "tflm": "runs on the microcontroller itself (flash its firmware/ sources); edgec bench runs it on the host "
+            "with tflite-micro",
+}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -473,11 +523,12 @@ def run_artifact(
     """Time one artifact and run it on every sample; its JSON record and its outputs per sample."""
     started = now_iso()
     with MemorySampler() as memory:
-        session = SESSIONS[entry["format"]](entry["file"], threads)
+        io = (entry.get("metadata") or {}).get("io")
+        session = SESSIONS[entry["format"]](entry["file"], threads, **({"io": io} if io else {}))
         feeds_list = [adapt_feeds(s, session.inputs, _layouts(entry), data_layouts, np) for s in samples]
-        latencies = timed_loop(
-            session.infer, feeds_list, warmup=warmup, iterations=iterations, duration=duration
-        )
+        for i in range(warmup):  # memory is sampled through loading and warm-up, not in the timed loop
+            session.infer(feeds_list[i % len(feeds_list)])
+    latencies = timed_loop(session.infer, feeds_list, warmup=0, iterations=iterations, duration=duration)
     outputs = [[np.asarray(o) for o in session.infer(f)] for f in feeds_list]
     record = {
         "name": entry["name"],

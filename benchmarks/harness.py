@@ -17,6 +17,7 @@ import numpy as np
 from edgec.benchmarks.accuracy import compare_outputs
 from edgec.benchmarks.latency import DEFAULT_ITERATIONS, MemorySampler, measure_latency
 from edgec.benchmarks.results import BenchResults, RunResult, environment, now_iso
+from edgec.compiler.context import track
 from edgec.compiler.errors import (
     CalibrationError,
     CheckpointError,
@@ -123,21 +124,26 @@ def open_runner(artifact: Artifact, threads: int | None = None) -> Runner:
 
 
 def run_outputs(
-    artifact: Artifact, eval_feeds: list[Feeds], threads: int | None = 1, output_names: list[str] | None = None
+    artifact: Artifact, eval_feeds: list[Feeds], threads: int | None = 1, output_names: list[str] | None = None,
+    say: Any = None,
 ) -> tuple[list[Outputs], str]:
     """The artifact's outputs for each sample (renamed like ``output_names`` when given: by name, else by
     position), and the runtime that ran it. No timing."""
     with open_runner(artifact, threads) as runner:
         feeds_list = [_adapt_feeds(f, runner.input_specs(), artifact.spec) for f in eval_feeds]
-        outputs = _run_all(runner, feeds_list, artifact)
+        outputs = _run_all(runner, feeds_list, artifact, say)
         runtime = runner.runtime
     if output_names is not None:
         outputs = _rename(outputs, _match_outputs(output_names, list(outputs[0]), artifact.name))
     return outputs, runtime
 
 
-def _run_all(runner: Runner, feeds_list: list[Feeds], artifact: Artifact) -> list[Outputs]:
-    return [_outputs_to_numpy(runner.infer(f), artifact.name) for f in feeds_list]
+def _run_all(runner: Runner, feeds_list: list[Feeds], artifact: Artifact, say: Any = None) -> list[Outputs]:
+    if say is None:
+        return [_outputs_to_numpy(runner.infer(f), artifact.name) for f in feeds_list]
+    return [
+        _outputs_to_numpy(runner.infer(f), artifact.name) for f in track(say, f"{artifact.name}: samples", feeds_list)
+    ]
 
 
 def _default_reference(artifact: Artifact, artifacts: list[Artifact]) -> Artifact | None:
@@ -160,6 +166,8 @@ def _bench_one(
     gc.collect()
     say(f"{artifact.name}: loading {Path(artifact.path).name}")
     with contextlib.ExitStack() as stack:
+        # Peak memory is sampled while the runtime loads and warms up, not in the timed loop: the sampler's
+        # thread would compete with the calls it times (a few % on a model that runs in microseconds).
         with MemorySampler() as memory:
             runner = stack.enter_context(open_runner(artifact, threads))
             feeds_list = [_adapt_feeds(f, runner.input_specs(), artifact.spec) for f in eval_feeds]
@@ -169,9 +177,12 @@ def _bench_one(
                 else f"{iterations or DEFAULT_ITERATIONS} iterations"
             )
             say(f"{artifact.name}: timing ({warmup} warm-up, {budget})")
-            stats = measure_latency(
-                runner, feeds_list, warmup=warmup, iterations=iterations, duration=duration
-            )
+            if warmup < 0:
+                raise ConfigError(f"warmup must be 0 or more, not {warmup}")
+            for i in range(warmup):
+                runner.infer(feeds_list[i % len(feeds_list)])
+        stats = measure_latency(runner, feeds_list, warmup=0, iterations=iterations, duration=duration)
+        stats.warmup = warmup
         # Runtimes that can time the accelerator itself (CUDA events for TensorRT) report that beside the host time.
         time_device = getattr(runner, "time_device", None)
         device_latency = None
@@ -179,7 +190,7 @@ def _bench_one(
             say(f"{artifact.name}: timing on the device")
             device_latency = time_device(feeds_list[0], warmup, iterations or DEFAULT_ITERATIONS)
         say(f"{artifact.name}: running {len(feeds_list)} evaluation samples")
-        outputs = _run_all(runner, feeds_list, artifact)
+        outputs = _run_all(runner, feeds_list, artifact, say)
         runtime = runner.runtime
     stats.peak_rss_bytes = memory.peak_bytes
     stats.peak_rss_delta_bytes = memory.delta_bytes

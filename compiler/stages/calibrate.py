@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from edgec.compiler.context import BuildContext
+from edgec.compiler.context import BuildContext, track
 from edgec.compiler.errors import CalibrationError, ConfigError, QuantizationError, missing_dependency
 from edgec.compiler.stage import Stage
 from edgec.compiler.stages.export import OnnxModel
@@ -193,7 +193,9 @@ class CalibrateStage(Stage):
                     # Fed in chunks so memory does not grow with the calibration set: each collect_data call
                     # merges its chunk into the ranges so far. (ORT's own max_intermediate_outputs option drops
                     # every full chunk without merging it in ORT 1.32, leaving only the last len % n samples.)
-                    for chunk in _chunks(calibration, CHUNK):
+                    chunks = track(ctx.report, "[calibrate] samples", _chunks(calibration, CHUNK),
+                                   total=-(-len(calibration) // CHUNK))
+                    for chunk in chunks:
                         calibrator.collect_data(_Reader(chunk, onnx_model.spec.input_names))
                     data = calibrator.compute_data()
             except Exception as exc:

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from edgec.compiler.context import BuildContext
+from edgec.compiler.context import BuildContext, track
 from edgec.compiler.errors import ConfigError, TargetUnavailableError
 from edgec.compiler.modelio import flatten_outputs, import_callable
 from edgec.compiler.stage import Stage
@@ -264,7 +264,8 @@ class DistillStage(Stage):
             order = train_idx[torch.randperm(len(train_idx), generator=gen)]
             total = 0.0
             batches = 0
-            for i in range(0, len(order), opts.batch_size):
+            steps = range(0, len(order), opts.batch_size)
+            for i in track(ctx.report, f"[distill] epoch {epoch}/{opts.epochs}", steps):
                 idx = order[i:i + opts.batch_size]
                 if len(idx) < 2:
                     continue  # BatchNorm cannot train on one sample

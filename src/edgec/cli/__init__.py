@@ -73,11 +73,84 @@ def cli(ctx: click.Context, quiet: bool) -> None:
     ctx.obj["quiet"] = quiet
 
 
-def reporter(ctx: click.Context):
-    """Progress lines to stderr, unless --quiet."""
-    if ctx.find_root().obj.get("quiet"):
-        return lambda message: None
-    return lambda message: click.echo(message, err=True)
+class TerminalReporter:
+    """Progress lines to stderr, and progress bars for long steps when stderr is a terminal.
+
+    A bar is redrawn in place on its own line; a progress line printed meanwhile goes above it. Off a terminal
+    (a CI log, a pipe) there are only the lines; with --quiet, nothing.
+    """
+
+    WIDTH = 28
+
+    def __init__(self, quiet: bool = False, stream: Any = None):
+        self.quiet = quiet
+        self.stream = stream if stream is not None else sys.stderr
+        self._bar: _Bar | None = None
+
+    def __call__(self, message: str) -> None:
+        if self.quiet:
+            return
+        self._clear()
+        self.stream.write(message + "\n")
+        if self._bar is not None:
+            self._bar.draw()
+        self.stream.flush()
+
+    def bar(self, label: str, total: int | None) -> Any:
+        if self.quiet or not getattr(self.stream, "isatty", lambda: False)():
+            return _NoBar()
+        self._clear()
+        self._bar = _Bar(self, label, total)
+        self._bar.draw()
+        return self._bar
+
+    def _clear(self) -> None:
+        if self._bar is not None:
+            self.stream.write("\r\033[K")
+
+
+class _NoBar:
+    def update(self, n: int = 1) -> None:
+        pass
+
+
+class _Bar:
+    def __init__(self, owner: TerminalReporter, label: str, total: int | None):
+        import time
+
+        self.owner, self.label, self.total, self.done = owner, label, total, 0
+        self._clock = time.monotonic
+        self.started = self._last = self._clock()
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+        now = self._clock()
+        if now - self._last >= 0.1 or (self.total is not None and self.done >= self.total):
+            self._last = now
+            self.owner._clear()
+            self.draw()
+
+    def draw(self) -> None:
+        elapsed = self._clock() - self.started
+        if self.total:
+            filled = int(TerminalReporter.WIDTH * min(1.0, self.done / self.total))
+            bar = "#" * filled + "-" * (TerminalReporter.WIDTH - filled)
+            text = f"{self.label} [{bar}] {self.done}/{self.total} {elapsed:.0f}s"
+        else:
+            text = f"{self.label} {self.done} {elapsed:.0f}s"
+        self.owner.stream.write(text)
+        self.owner.stream.flush()
+
+    def close(self) -> None:
+        if self.owner._bar is self:
+            self.owner._clear()
+            self.owner.stream.flush()
+            self.owner._bar = None
+
+
+def reporter(ctx: click.Context) -> TerminalReporter:
+    """Progress lines (and bars, on a terminal) to stderr, unless --quiet."""
+    return TerminalReporter(quiet=bool(ctx.find_root().obj.get("quiet")))
 
 
 def emit_json(data: Any, target: str | Path) -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from edgec.cli import reporter
+from edgec.cli import emit_json, reporter
 
 
 @click.command()
@@ -25,7 +25,7 @@ from edgec.cli import reporter
 @click.option("--threads", type=int, default=1, show_default=True, help="Intra-op threads of each runtime.")
 @click.option("--max-accuracy-drop", type=float, help="Gate: fail (exit 6) when an artifact loses more points of accuracy (or top-1 agreement without labels).")
 @click.option("--max-latency-ms", type=float, help="Gate: fail (exit 6) when an artifact's p50 latency exceeds this.")
-@click.option("--json", "json_out", type=click.Path(path_type=Path), help="Write the results as JSON.")
+@click.option("--json", "json_out", metavar="PATH|-", help="Write the results as JSON to PATH, or to stdout with '-' (then nothing else is printed there).")
 @click.option("--remote", metavar="USER@HOST[:PORT]", help="Run the artifacts on this device over SSH (it needs Python 3.10+, numpy and the runtime); accuracy is computed here. Failures exit 5.")
 @click.option("--identity", type=click.Path(path_type=Path), help="Private key for --remote (then the only key tried).")
 @click.option("--remote-python", metavar="PATH", help="Python on the --remote device (default: python3).")
@@ -55,10 +55,13 @@ def bench(ctx, path, data, labels, samples, seed, reference, inputs, model_facto
         model_factory=model_factory, trust_checkpoint=trust_checkpoint, warmup=warmup, iterations=iterations,
         duration=duration, threads=threads, report=reporter(ctx), **remote_args,
     )
-    click.echo(text_table(results))
-    if json_out:
-        results.to_json(json_out)
+    if json_out == "-":
+        emit_json(results.to_dict(), "-")
+    else:
+        click.echo(text_table(results))
+        if json_out:
+            results.to_json(json_out)
     breaches = check_gates(results, max_accuracy_drop, max_latency_ms)
     if not breaches and (max_accuracy_drop is not None or max_latency_ms is not None):
-        click.echo("gates: passed")
+        click.echo("gates: passed", err=json_out == "-")
     enforce_gates(results, max_accuracy_drop, max_latency_ms)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from edgec.cli import reporter
+from edgec.cli import emit_json, reporter
 
 
 @click.command()
@@ -41,11 +41,12 @@ from edgec.cli import reporter
 @click.option("--feature-layer", "feature_layers", multiple=True, metavar="MODULE", help="Also match this module's output between teacher and student (repeatable).")
 @click.option("--student", metavar="MODULE:FUNCTION", help="Distill into this smaller architecture instead of a pruned model.")
 @click.option("--tensorboard", metavar="DIR", help="Write TensorBoard logs of the distillation curves here (needs tensorboard installed).")
+@click.option("--json", "json_out", metavar="PATH|-", help="Write the build's manifest as JSON to PATH, or to stdout with '-' (then nothing else is printed there).")
 @click.pass_context
 def build(ctx: click.Context, checkpoint, target, precision, calib, calib_samples, calibration_method, inputs,
           model_factory, trust_checkpoint, config, out, opset, seed, no_cache, cache_dir, prune, prune_macs,
           prune_criterion, prune_global, prune_round_to, protect, distill, train_data, train_labels, epochs, lr,
-          distill_temperature, hard_label_weight, feature_layers, student, tensorboard) -> None:
+          distill_temperature, hard_label_weight, feature_layers, student, tensorboard, json_out) -> None:
     """Compile CHECKPOINT (.pt2, TorchScript, state_dict, .safetensors or .onnx) for one or more targets.
 
     Writes OUT/<target>/... and OUT/manifest.json (paths, sha256, formats, input/output specs, tool versions,
@@ -90,6 +91,10 @@ def build(ctx: click.Context, checkpoint, target, precision, calib, calib_sample
     }
     recipe = resolve(load_recipe(config), flags)
     result = run_build(recipe, report=reporter(ctx), cache_dir=cache_dir)
+    if json_out:
+        emit_json({"out": str(result.out), **result.manifest}, json_out)
+        if json_out == "-":
+            return
     for art in result.artifacts:
         fusion = art.metadata.get("fusion")
         note = ""

@@ -1,0 +1,179 @@
+"""The harness's own figures for ``make bench``: its overhead against a bare ``session.run`` loop, and the
+run-to-run spread of ``edgec bench`` with its default settings.
+
+Overhead: in one process, rounds alternate a bare loop (``perf_counter_ns`` around ``session.run`` on an ONNX
+Runtime session made with the same settings) and the harness (``bench_artifacts``, what ``edgec bench`` runs,
+with its defaults: 10 warm-up and 100 timed calls, one thread). Overhead is the median over rounds of harness p50 / bare p50 - 1.
+
+Spread: ``edgec bench BUILD --json -`` runs as separate processes, one after another, with its default settings;
+spread is (max - min) / median of the p50 latencies those runs report, per artifact.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+OVERHEAD_TARGET = 0.03
+SPREAD_TARGET = 0.05
+MODELS = ("digits", "mobilenetv2")
+
+
+@dataclasses.dataclass
+class HarnessFigures:
+    artifact: str
+    bare_p50_ms: float
+    harness_p50_ms: float
+    overhead: float  # median over rounds of harness/bare - 1
+    rounds: int
+    spread: float | None = None  # (max - min) / median of p50 over separate edgec bench runs
+    runs: int = 0
+    run_p50s_ms: list[float] = dataclasses.field(default_factory=list)
+
+
+def _bare_p50(session: Any, feeds: dict[str, np.ndarray], warmup: int, iterations: int) -> float:
+    names = [o.name for o in session.get_outputs()]
+    for _ in range(warmup):
+        session.run(names, feeds)
+    clock = time.perf_counter_ns
+    times = []
+    for _ in range(iterations):
+        t0 = clock()
+        session.run(names, feeds)
+        times.append((clock() - t0) / 1e6)
+    return float(np.median(times))
+
+
+def measure_overhead(artifact: Any, feeds: dict[str, np.ndarray], rounds: int) -> tuple[float, float, float]:
+    """(bare p50, edgec p50, overhead) medians over ``rounds`` interleaved rounds, one thread each.
+
+    edgec's figure is what ``edgec bench`` reports: ``bench_artifacts`` with its defaults (it loads the
+    artifact through the registry, warms up, times, then runs the evaluation samples).
+    """
+    from edgec.benchmarks.harness import _adapt_feeds, bench_artifacts
+    from edgec.benchmarks.latency import DEFAULT_ITERATIONS
+    from edgec.compiler.onnxutil import ort_session
+
+    session = ort_session(artifact.path, threads=1)
+    adapted = _adapt_feeds(feeds, artifact.spec, artifact.spec)
+    bare, harness, ratios = [], [], []
+    for r in range(rounds):
+        order = ("bare", "edgec") if r % 2 == 0 else ("edgec", "bare")
+        got = {}
+        for which in order:
+            if which == "bare":
+                got[which] = _bare_p50(session, adapted, 10, DEFAULT_ITERATIONS)
+            else:
+                got[which] = bench_artifacts([artifact], [feeds]).runs[0].latency.p50_ms
+        bare.append(got["bare"])
+        harness.append(got["edgec"])
+        ratios.append(got["edgec"] / got["bare"])
+    return statistics.median(bare), statistics.median(harness), statistics.median(ratios) - 1.0
+
+
+def measure_spread(build: Path, data: Path, runs: int) -> dict[str, list[float]]:
+    """p50 per artifact from ``runs`` separate ``edgec bench`` processes with the default settings."""
+    exe = str(Path(sys.executable).with_name("edgec"))
+    p50s: dict[str, list[float]] = {}
+    for _ in range(runs):
+        proc = subprocess.run([exe, "-q", "bench", str(build), "--data", str(data), "--json", "-"],
+                              capture_output=True, text=True, check=True)
+        for run in json.loads(proc.stdout)["runs"]:
+            p50s.setdefault(run["name"], []).append(run["latency"]["p50_ms"])
+    return p50s
+
+
+def _build(name: str, work: Path) -> tuple[Path, Path]:
+    from edgec.api import build
+    from edgec.bench_models import load_model
+    from edgec.recipe import Recipe
+
+    import torch
+
+    bm = load_model(name)
+    folder = work / name
+    folder.mkdir(parents=True, exist_ok=True)
+    ckpt = folder / "model.pt2"
+    example = (torch.from_numpy(bm.calib[:1]),)
+    torch.export.save(torch.export.export(bm.module.eval(), example), str(ckpt))
+    np.savez(folder / "calib.npz", x=bm.calib)
+    data = bm.eval_x[:16] if bm.eval_x is not None else bm.calib[:16]
+    np.savez(folder / "data.npz", x=data.astype(np.float32))
+    out = folder / "build"
+    build(Recipe(checkpoint=str(ckpt), target=["cpu"], precision=["fp32", "int8"], calib=str(folder / "calib.npz"),
+                 out=str(out), inputs=[f"x:{'x'.join(map(str, bm.input_shape))}"]))
+    return out, folder / "data.npz"
+
+
+def run(quick: bool = False, work: Path | None = None, report: Callable[[str], None] = print) -> str:
+    """Measure and return the Markdown section for BENCHMARKS.md."""
+    import tempfile
+
+    from edgec.benchmarks.harness import load_build
+
+    rounds, runs = (3, 3) if quick else (15, 10)
+    work = Path(work or tempfile.mkdtemp(prefix="edgec-bench-harness-"))
+    figures: list[HarnessFigures] = []
+    for name in MODELS:
+        report(f"[harness] building {name}")
+        build, data = _build(name, work)
+        artifacts, _ = load_build(build)
+        with np.load(data) as f:
+            feeds = {"x": f["x"][:1]}
+        for artifact in artifacts:
+            report(f"[harness] {artifact.name} of {name}: overhead, {rounds} interleaved rounds")
+            bare, harness, overhead = measure_overhead(artifact, feeds, rounds)
+            figures.append(HarnessFigures(f"{name} {artifact.name}", bare, harness, overhead, rounds))
+        report(f"[harness] {name}: spread over {runs} separate edgec bench runs")
+        for artifact_name, p50s in measure_spread(build, data, runs).items():
+            fig = next(f for f in figures if f.artifact == f"{name} {artifact_name}")
+            fig.run_p50s_ms = p50s
+            fig.runs = len(p50s)
+            fig.spread = (max(p50s) - min(p50s)) / statistics.median(p50s)
+    return render(figures, quick)
+
+
+def render(figures: list[HarnessFigures], quick: bool) -> str:
+    worst_overhead = max(abs(f.overhead) for f in figures)
+    worst_spread = max(f.spread for f in figures if f.spread is not None)
+    lines = [
+        "## Harness overhead and run-to-run spread",
+        "",
+        "| model / artifact | bare session.run p50 ms | edgec p50 ms | overhead | edgec bench p50 per run (ms) | spread |",
+        "|---|---:|---:|---:|---|---:|",
+    ]
+    for f in figures:
+        lines.append(
+            f"| {f.artifact} | {f.bare_p50_ms:.4f} | {f.harness_p50_ms:.4f} | {f.overhead * 100:+.2f}% | "
+            f"{', '.join(f'{v:.4f}' for v in f.run_p50s_ms)} | "
+            f"{'–' if f.spread is None else f'{f.spread * 100:.1f}%'} |"
+        )
+    verdict = lambda ok: "PASS" if ok else "FAIL"  # noqa: E731
+    lines += [
+        "",
+        f"- Overhead within {OVERHEAD_TARGET:.0%} of a bare loop: worst {worst_overhead * 100:.2f}% "
+        f"({verdict(worst_overhead <= OVERHEAD_TARGET)}).",
+        f"- Run-to-run spread of p50 under {SPREAD_TARGET:.0%}: worst {worst_spread * 100:.1f}% "
+        f"({verdict(worst_spread < SPREAD_TARGET)}).",
+        "",
+        "How: " + " ".join(__doc__.split("\n\n", 1)[1].split()) + (" (--quick: too few rounds to quote)" if quick else ""),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m edgec.bench_harness")
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    print(run(quick=args.quick, report=lambda m: print(m, file=sys.stderr)))

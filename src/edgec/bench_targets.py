@@ -1,0 +1,90 @@
+"""Every target side by side for ``make bench``: the digits CNN built for cpu, jetson, arm and mcu, each
+artifact run on its real runtime on this host against the torch model, saved as results JSON and rendered to the
+HTML report (``edgec report``) beside BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+#: (profile, precisions) built for the suite: one profile per backend.
+TARGETS = (
+    ("cpu", ("fp32", "fp16", "int8")),
+    ("jetson", ("fp16", "int8")),
+    ("rpi5", ("fp32", "fp16", "int8")),
+    ("cortex-m55-ethos-u55-128", ("int8",)),
+)
+
+
+def run(
+    out_html: Path, quick: bool = False, work: Path | None = None, report: Callable[[str], None] = print
+) -> str:
+    """Build, bench, and write ``out_html`` (and its results JSON beside it); returns the Markdown section."""
+    from edgec.api import build
+    from edgec.benchmarks.harness import bench_artifacts
+    from edgec.benchmarks.htmlreport import write_report
+    from edgec.benchmarks.report import markdown_table
+    from edgec.compiler.modelio import torch_run
+    from edgec.demo import write_demo
+    from edgec.recipe import Recipe
+    from edgec.targets.registry import availability, resolve_target
+
+    import torch
+
+    work = Path(work or tempfile.mkdtemp(prefix="edgec-bench-targets-"))
+    report("[targets] training the digits CNN")
+    paths = write_demo(work, epochs=4 if quick else 12)
+    targets, artifacts, skipped = [], [], []
+    for name, precs in TARGETS:
+        ok, why = availability(resolve_target(name).backend)
+        if not ok:
+            skipped.append(f"{name} ({why})")
+            continue
+        report(f"[targets] building {name}: {', '.join(precs)}")
+        targets.append(name)
+        # one build per target: a build's precisions must all suit each of its targets (mcu is INT8 only)
+        result = build(Recipe(
+            checkpoint=str(paths["checkpoint"]), target=[name], precision=list(precs), calib=str(paths["calib"]),
+            out=str(work / f"build-{name}"),
+        ))
+        artifacts += result.artifacts
+    with np.load(paths["eval"]) as f:
+        x = f["x"]
+    n = 60 if quick else len(x)
+    feeds = [{"x": x[i:i + 1]} for i in range(n)]
+    labels = np.load(paths["eval_labels"])[:n]
+    module = torch.export.load(str(paths["checkpoint"])).module()
+
+    def reference(feed):
+        return {"output": torch_run(module, feed, ["x"])[0]}
+
+    report(f"[targets] benchmarking {len(artifacts)} artifacts on {n} samples")
+    results = bench_artifacts(
+        artifacts, feeds, reference=reference, reference_name="torch (digits_cnn.pt2)", labels=labels,
+        iterations=30 if quick else 200, progress=report, data_source="digits held-out set",
+    )
+    json_path = results.to_json(out_html.with_suffix(".json"))
+    write_report([json_path], out_html, None, "edgec: every target on the digits CNN")
+    lines = [
+        "## Every target on the digits CNN",
+        "",
+        f"Built with `edgec build digits_cnn.pt2 --target T ...` for T in {', '.join(targets)}; each artifact ran on "
+        f"its own runtime on this host, against the torch model on {n} held-out digits. TensorRT artifacts run "
+        "on ONNX Runtime here (no GPU): their figures are an estimate of accuracy, not of Jetson latency; the mcu "
+        "artifact runs in tflite-micro's host interpreter (its latency says nothing of a Cortex-M). "
+        f"Plots: [{out_html.name}]({out_html.name}) (`edgec report {json_path.name} --html {out_html.name}`).",
+        "",
+        markdown_table(results),
+    ]
+    if skipped:
+        lines += [f"Not built (unavailable here): {', '.join(skipped)}.", ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(run(Path("BENCHMARKS.html"), quick="--quick" in sys.argv, report=lambda m: print(m, file=sys.stderr)))
