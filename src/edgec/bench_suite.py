@@ -910,6 +910,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-prune", action="store_true", help="skip the pruning + distillation section (edgec.bench_prune)"
     )
+    parser.add_argument(
+        "--no-harness", action="store_true", help="skip the harness overhead and spread section (edgec.bench_harness)"
+    )
+    parser.add_argument(
+        "--no-targets", action="store_true", help="skip the every-target section and its HTML report (edgec.bench_targets)"
+    )
+    parser.add_argument(
+        "--html", type=Path, help="the HTML report of the every-target section (default: --out with .html)"
+    )
     args = parser.parse_args(argv)
 
     command = _command_line(sys.argv[1:] if argv is None else argv)
@@ -919,11 +928,21 @@ def main(argv: list[str] | None = None) -> int:
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="edgec-bench-"))
     try:
         suite = run_suite(args.models, settings, work.resolve(), build_time=not args.no_build_time)
-        prune_section = ""
+        sections = []
+        if not args.no_targets:
+            from edgec import bench_targets
+
+            html = args.html or args.out.with_suffix(".html")
+            sections.append(bench_targets.run(html, quick=args.quick, work=work.resolve() / "targets", report=say))
         if not args.no_prune:
             from edgec import bench_prune
 
-            prune_section = bench_prune.run(quick=args.quick, work=work.resolve() / "prune", report=say)
+            sections.append(bench_prune.run(quick=args.quick, work=work.resolve() / "prune", report=say))
+        if not args.no_harness:
+            from edgec import bench_harness
+
+            sections.append(bench_harness.run(quick=args.quick, work=work.resolve() / "harness", report=say))
+        extra_sections = "\n".join(sections)
     finally:
         if args.work_dir is None:
             shutil.rmtree(work, ignore_errors=True)
@@ -932,8 +951,8 @@ def main(argv: list[str] | None = None) -> int:
     text = render_text(suite["results"], suite["build"], suite["checks"])
     print(text)
     print(f"suite runtime: {runtime / 60:.1f} min; other processes: {_others(suite['machine'])}")
-    if prune_section:
-        print(prune_section)
+    if extra_sections:
+        print(extra_sections)
     args.out.write_text(
         render_markdown(
             suite["machine"],
@@ -945,7 +964,7 @@ def main(argv: list[str] | None = None) -> int:
             started,
             runtime,
         )
-        + ("\n" + prune_section if prune_section else "")
+        + ("\n" + extra_sections if extra_sections else "")
     )
     say(f"wrote {args.out}")
     return 0
