@@ -102,6 +102,14 @@ def test_pruned_distilled_build_and_cache_reuse(assets, tmp_path, edgec_cli):
     assert ort_session(fp32).run(None, {"input": x})[0].shape == (1, 10)
     assert (out / "cpu" / "model.int8.onnx").is_file()
 
+    # Repeatable across processes: another process, with no cache, trains the same student byte for byte.
+    other = tmp_path / "other-process"
+    r = edgec_cli("build", assets / "digits.pt", "--model-factory", FACTORY, "--input", INPUT, "--out", other,
+                  *_distill_args(assets), "-p", "fp32", "--no-cache", env={"OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr
+    assert (other / "cpu" / "model.fp32.onnx").read_bytes() == fp32.read_bytes()
+    assert json.loads((other / "manifest.json").read_text())["distill"]["agreement_after"] == distill["agreement_after"]
+
     # Another opset re-exports: the distilled student comes from the cache, nothing is retrained.
     again = tmp_path / "again"
     result = _build(assets, again, *_distill_args(assets), "--opset", "19", cache=cache)
