@@ -169,3 +169,52 @@ def test_runner_in_a_venv_with_only_numpy_and_onnxruntime(tiny_build, tmp_path, 
     assert len(doc["runs"]) == 2 and not any(doc["imported"].values())
     assert doc["environment"]["python_executable"] == str(python)
     assert doc["runs"][0]["peak_rss_bytes"] is None  # psutil is optional and absent here
+
+
+@pytest.fixture(scope="module")
+def tflite_build(tiny, tmp_path_factory):
+    """An arm (rpi5) build, fp32 and full-integer int8 .tflite with NHWC I/O, of the tiny CNN; and its data."""
+    pytest.importorskip("litert_torch", reason="the arm target needs litert-torch (pip install 'edgec[arm]')")
+    from edgec import api
+    from edgec.recipe import Recipe
+
+    work = tmp_path_factory.mktemp("device-tflite")
+    result = api.build(Recipe(
+        checkpoint=str(tiny / "tiny.pt2"), target=["rpi5"], precision=["fp32", "int8"],
+        calib=str(tiny / "calib.npz"), out=str(work / "out"),
+    ))
+    x = np.random.default_rng(5).random((SAMPLES, 1, 8, 8), dtype=np.float32)
+    np.savez(work / "data.npz", x=x)
+    return result.out, work / "data.npz", result.artifacts, [{"x": x[i:i + 1]} for i in range(SAMPLES)]
+
+
+def test_runner_in_a_venv_with_numpy_onnxruntime_and_litert(tflite_build, tmp_path, tmp_path_factory):
+    """The shipped runner runs .tflite artifacts on ai-edge-litert in a venv without torch, converting NCHW float
+    data to the file's NHWC int8 input itself, and gives the host runner's outputs."""
+    from edgec.benchmarks.harness import run_outputs
+
+    out, data, artifacts, feeds = tflite_build
+    python = make_venv(tmp_path_factory, "device-litert",
+                       ["numpy==2.4.6", "onnxruntime==1.32.0", "ai-edge-litert==2.3.0"])
+    assert run_runner(python, "-c", "import torch").returncode != 0, "the device venv must not hold torch"
+    script = ship_runner(tmp_path / "shipped")
+    done = run_runner(python, "-X", "importtime", script, out, "--data", data, "--iterations", 5,
+                      "--json", tmp_path / "r.json", "--outputs", tmp_path / "o.npz", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    imported = {line.split("|")[-1].strip().split(".")[0] for line in done.stderr.splitlines() if "|" in line}
+    assert "ai_edge_litert" in imported and not imported & {"torch", "onnx", "click", "yaml", "edgec", "tensorflow"}
+    doc = json.loads((tmp_path / "r.json").read_text())
+    assert [r["name"] for r in doc["runs"]] == ["rpi5/fp32", "rpi5/int8"]
+    assert all(r["runtime"].startswith("ai-edge-litert 2.3.0") for r in doc["runs"])
+    assert doc["runs"][1]["outputs"] == [t.name for t in artifacts[1].spec.outputs]
+
+    with np.load(tmp_path / "o.npz") as f:
+        outputs = {k: f[k] for k in f.files}
+    for i, artifact in enumerate(artifacts):
+        host, _ = run_outputs(artifact, feeds)
+        name = artifact.spec.outputs[0].name
+        for j, h in enumerate(host):
+            np.testing.assert_allclose(outputs[f"a{i}.s{j}.o0"], h[name], rtol=0, atol=1e-6)
+    results = merge(doc, outputs, artifacts, feeds, remote="local")
+    int8 = results.by_name("rpi5/int8")
+    assert results.by_name("rpi5/fp32").is_reference and int8.accuracy.primary.cosine > 0.99
