@@ -68,30 +68,34 @@ def plan_build(recipe: Recipe) -> _Plan:
         )
     if not recipe.target:
         raise ConfigError("no target given", hint="pass --target (see: edgec targets)")
-    if not recipe.precision:
-        raise ConfigError("no precision given", hint="pass --precision fp32|fp16|int8")
-    precisions = list(dict.fromkeys(Precision.parse(p) for p in recipe.precision))
+    asked = list(dict.fromkeys(Precision.parse(p) for p in recipe.precision))
     if recipe.calibration_method not in METHODS:
         raise ConfigError(
             f"unknown calibration method '{recipe.calibration_method}'", hint=f"use one of: {', '.join(METHODS)}"
         )
     if recipe.calib_samples is not None and recipe.calib_samples <= 0:
         raise ConfigError(f"--calib-samples must be positive, not {recipe.calib_samples}")
-    needs_int8 = Precision.INT8 in precisions
-    if needs_int8 and not recipe.calib:
-        raise CalibrationError("INT8 needs calibration data", hint="pass --calib PATH (.npz, .npy, an image folder)")
     builds = []
     for name in dict.fromkeys(recipe.target):
         profile = resolve_target(name)
         cls = target_class(profile.backend)
-        cls.check_available()
+        supported = profile.precisions & cls.precisions
+        # Without --precision: FP32 where the target has it, else what it has (a microcontroller: INT8).
+        precisions = asked or ([Precision.FP32] if Precision.FP32 in supported else sorted(supported))
         for p in precisions:
-            if p not in profile.precisions or p not in cls.precisions:
-                allowed = ", ".join(sorted(x.value for x in profile.precisions & cls.precisions))
-                raise ConfigError(f"target '{name}' does not support {p.value}", hint=f"it supports: {allowed}")
+            if p not in supported:
+                allowed = ", ".join(sorted(x.value for x in supported))
+                hint = f"it supports: {allowed}"
+                if supported == {Precision.INT8}:
+                    hint += " (microcontrollers run full-integer models: pass --precision int8 --calib PATH)"
+                raise ConfigError(f"target '{name}' does not support {p.value}", hint=hint)
+        cls.check_available()
         values = {**profile.options, **recipe.target_options.get(profile.backend, {})}
         target = cls(parse_options(cls.Options, values, f"backend '{profile.backend}'"))
         builds.extend((profile, target, p) for p in precisions)
+    needs_int8 = any(p == Precision.INT8 for _, _, p in builds)
+    if needs_int8 and not recipe.calib:
+        raise CalibrationError("INT8 needs calibration data", hint="pass --calib PATH (.npz, .npy, an image folder)")
     unknown = set(recipe.target_options) - {profile.backend for profile, _, _ in builds}
     if unknown:
         raise ConfigError(

@@ -26,7 +26,7 @@ def _field(default: Any, help: str, **kw: Any) -> Any:
 class Recipe:
     checkpoint: str | None = _field(None, "the model: .pt2, TorchScript, state_dict/.safetensors (with model_factory), .onnx")
     target: list[str] = _field(["cpu"], "targets (device profiles or backends): see `edgec targets`")
-    precision: list[str] = _field(["fp32"], "precisions to build: fp32, fp16, int8")
+    precision: list[str] = _field([], "precisions to build: fp32, fp16, int8 (default: fp32, or int8 on INT8-only targets)")
     calib: str | None = _field(None, "calibration data: .npz/.npy, an image folder, or module:function")
     calib_samples: int | None = _field(None, "use this many calibration samples, drawn at random with `seed`")
     calibration_method: str = _field("minmax", "activation range estimator: minmax, entropy, percentile")

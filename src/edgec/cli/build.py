@@ -12,7 +12,7 @@ from edgec.cli import emit_json, reporter
 @click.command()
 @click.argument("checkpoint", required=False, type=click.Path(path_type=Path))
 @click.option("-t", "--target", "target", multiple=True, help="Target: a device profile or backend (repeatable; see `edgec targets`). Default: cpu.")
-@click.option("-p", "--precision", multiple=True, help="fp32, fp16 or int8 (repeatable). Default: fp32.")
+@click.option("-p", "--precision", multiple=True, help="fp32, fp16 or int8 (repeatable). Default: fp32, or int8 on INT8-only targets (mcu).")
 @click.option("--calib", help="Calibration data: .npz/.npy (first axis = samples), an image folder, or module:function.")
 @click.option("--calib-samples", type=int, help="Use N calibration samples, drawn at random with --seed.")
 @click.option("--calibration-method", type=click.Choice(["minmax", "entropy", "percentile"]), help="Activation range estimator (default minmax).")
