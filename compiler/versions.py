@@ -6,7 +6,12 @@ import functools
 import platform
 from importlib import metadata
 
-TRACKED = ("edgec", "numpy", "torch", "onnx", "onnxruntime", "onnxscript", "onnxslim", "safetensors")
+#: Packages whose versions can change what a stage writes: a stage's cache key holds those it names in ``tools``.
+TRACKED = (
+    "edgec", "numpy", "torch", "onnx", "onnxruntime", "onnxscript", "onnxslim", "safetensors", "torch-pruning",
+    "torchao", "litert-torch", "litert-converter", "ai-edge-quantizer", "ai-edge-litert", "tflite-micro",
+    "ethos-u-vela",
+)
 
 
 @functools.lru_cache(maxsize=None)

@@ -16,7 +16,7 @@ from edgec.compiler.cache import BuildCache
 from edgec.compiler.context import BuildContext, Reporter, silent_reporter
 from edgec.compiler.errors import CalibrationError, ConfigError, EdgecError, InputFileError, TargetUnavailableError
 from edgec.compiler.pipeline import Pipeline
-from edgec.compiler.types import Artifact, Precision, TensorSpec
+from edgec.compiler.types import Artifact, ModelFormat, Precision, TensorSpec
 from edgec.compiler.versions import tool_versions
 from edgec.recipe import Recipe
 
@@ -48,6 +48,7 @@ class _Plan:
 
 def plan_build(recipe: Recipe) -> _Plan:
     from edgec.compiler.stages.calibrate import METHODS
+    from edgec.compiler.stages.load import detect_format
     from edgec.targets.base import parse_options
     from edgec.targets.registry import resolve_target, target_class
 
@@ -90,6 +91,12 @@ def plan_build(recipe: Recipe) -> _Plan:
                     hint += " (microcontrollers run full-integer models: pass --precision int8 --calib PATH)"
                 raise ConfigError(f"target '{name}' does not support {p.value}", hint=hint)
         cls.check_available()
+        if cls.consumes == ModelFormat.TORCH and detect_format(checkpoint) == "onnx":
+            raise ConfigError(
+                f"target '{name}' converts PyTorch models (litert-torch), but '{checkpoint}' is an ONNX file",
+                hint="pass the PyTorch checkpoint (.pt2, or a state_dict with --model-factory), or use an ONNX "
+                     "target (cpu, jetson, gpu)",
+            )
         values = {**profile.options, **recipe.target_options.get(profile.backend, {})}
         target = cls(parse_options(cls.Options, values, f"backend '{profile.backend}'"))
         builds.extend((profile, target, p) for p in precisions)

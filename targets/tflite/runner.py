@@ -1,0 +1,118 @@
+"""Runs a .tflite artifact on LiteRT (ai-edge-litert, XNNPACK), else tflite-runtime, else TensorFlow Lite.
+
+Feeds come laid out like the artifact's spec (float, NCHW images); the runner transposes and quantizes them to
+what the file holds (NHWC, int8) and turns the outputs back, using the artifact's recorded ``io``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgec.compiler.errors import CalibrationError, TargetUnavailableError
+from edgec.compiler.tflite import TFLiteIO, feeds_to_tflite, outputs_from_tflite, quiet_litert
+from edgec.compiler.types import Feeds, InputSpec
+from edgec.targets.base import Runner
+
+#: (module, distribution, attribute path of the Interpreter class), tried in order. tflite-runtime does not
+#: apply XNNPACK to INT8 models (12-18x slower, see FIELD_NOTES), so it is only a fallback.
+INTERPRETERS = (
+    ("ai_edge_litert.interpreter", "ai-edge-litert", "Interpreter"),
+    ("tflite_runtime.interpreter", "tflite-runtime", "Interpreter"),
+    ("tensorflow", "tensorflow", "lite.Interpreter"),
+)
+
+
+def find_interpreter() -> tuple[type, str]:
+    """The first installed Interpreter class and "<distribution> <version>"."""
+    for module, dist, attr in INTERPRETERS:
+        try:
+            obj: Any = importlib.import_module(module)
+        except ImportError:
+            continue
+        for part in attr.split("."):
+            obj = getattr(obj, part, None)
+        if obj is None:
+            continue
+        try:
+            version = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            version = "?"
+        return obj, f"{dist} {version}"
+    raise TargetUnavailableError(
+        "running .tflite artifacts needs a TFLite interpreter: none of ai-edge-litert, tflite-runtime or "
+        "tensorflow is installed",
+        hint="pip install ai-edge-litert (or: pip install 'edgec[arm]')",
+    )
+
+
+class TFLiteRunner(Runner):
+    """One .tflite file. Batches larger than the file's fixed batch run one row at a time (a TFLite graph from
+    litert-torch has concrete shapes, so resizing its inputs is not safe in general)."""
+
+    def __init__(
+        self,
+        path: Path,
+        spec: InputSpec,
+        inputs: list[TFLiteIO],
+        outputs: list[TFLiteIO],
+        threads: int | None = None,
+    ):
+        self.path = Path(path)
+        self.spec = spec
+        self.inputs = inputs
+        self.outputs = outputs
+        self.threads = threads
+        self.interpreter: Any = None
+
+    def load(self) -> None:
+        cls, self.runtime = find_interpreter()
+        with quiet_litert():  # "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
+            self.interpreter = cls(model_path=str(self.path), num_threads=self.threads or None)
+            self.interpreter.allocate_tensors()
+        by_name = {d["name"]: d["index"] for d in self.interpreter.get_input_details()}
+        by_name.update({d["name"]: d["index"] for d in self.interpreter.get_output_details()})
+        missing = [io.tflite_name for io in (*self.inputs, *self.outputs) if io.tflite_name not in by_name]
+        if missing:
+            raise CalibrationError(
+                f"'{self.path}' has no tensors {missing}, which its manifest records",
+                hint="rebuild the artifact with edgec build",
+            )
+        self._in_index = [by_name[io.tflite_name] for io in self.inputs]
+        self._out_index = [by_name[io.tflite_name] for io in self.outputs]
+
+    def close(self) -> None:
+        self.interpreter = None
+
+    def input_specs(self) -> InputSpec:
+        return self.spec
+
+    def _invoke(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
+        for index, arr in zip(self._in_index, arrays):
+            self.interpreter.set_tensor(index, arr)
+        self.interpreter.invoke()
+        return [self.interpreter.get_tensor(i) for i in self._out_index]
+
+    def infer(self, feeds: Feeds) -> dict[str, Any]:
+        arrays = feeds_to_tflite(self.inputs, feeds)
+        if all(a.shape == io.shape for a, io in zip(arrays, self.inputs)):
+            return outputs_from_tflite(self.outputs, self._invoke(arrays))
+        rows = {a.shape[0] if a.ndim else None for a in arrays}
+        fits = all(
+            a.ndim == len(io.shape) and io.shape[:1] == (1,) and a.shape[1:] == io.shape[1:]
+            for a, io in zip(arrays, self.inputs)
+        )
+        if not fits or len(rows) != 1:
+            got = ", ".join(f"{io.name}:{'x'.join(map(str, a.shape))}" for a, io in zip(arrays, self.inputs))
+            want = ", ".join(f"{io.name}:{'x'.join(map(str, io.shape))}" for io in self.inputs)
+            raise CalibrationError(
+                f"'{self.path.name}' takes inputs {want} (in its own layout), not {got}",
+                hint="give samples shaped like the model's input",
+            )
+        per_row = [self._invoke([a[i:i + 1] for a in arrays]) for i in range(rows.pop())]
+        stacked = [np.concatenate([r[k] for r in per_row]) for k in range(len(self.outputs))]
+        return outputs_from_tflite(self.outputs, stacked)
