@@ -506,7 +506,7 @@ def bench(
 
 
 def compare(
-    path: Path,
+    path: Path | list[Path],
     data: str,
     *,
     labels: str | None = None,
@@ -531,13 +531,22 @@ def compare(
 
     if layer_samples < 0:
         raise ConfigError(f"--layer-samples must be 0 or more, not {layer_samples}")
-    artifacts, manifest = load_build(path)
+    paths = list(path) if isinstance(path, (list, tuple)) else [path]
+    artifacts, manifest = load_build(paths[0])
+    for other in paths[1:]:
+        more, other_manifest = load_build(other)
+        if other_manifest.get("checkpoint", {}).get("sha256") != manifest.get("checkpoint", {}).get("sha256"):
+            raise ConfigError(
+                f"'{other}' was built from another checkpoint than '{paths[0]}'",
+                hint="compare builds of the same checkpoint",
+            )
+        artifacts += [a for a in more if a.name not in {b.name for b in artifacts}]
     if only:
         known = {a.name for a in artifacts}
         unknown = [n for n in only if n not in known]
         if unknown:
             raise ConfigError(
-                f"no artifact {', '.join(repr(n) for n in unknown)} in '{path}'",
+                f"no artifact {', '.join(repr(n) for n in unknown)} in '{', '.join(map(str, paths))}'",
                 hint=f"artifacts in the build: {', '.join(sorted(known))}",
             )
         artifacts = [a for a in artifacts if a.name in only]

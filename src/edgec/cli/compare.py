@@ -10,7 +10,7 @@ from edgec.cli import emit_json, reporter
 
 
 @click.command()
-@click.argument("path", type=click.Path(path_type=Path))
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--data", required=True, help="Inputs: .npz/.npy, an image folder, or module:function.")
 @click.option("--labels", help="One integer label per sample, for task accuracy beside agreement.")
 @click.option("--samples", type=int, help="Use N samples, drawn at random with --seed (default: all).")
@@ -26,9 +26,10 @@ from edgec.cli import emit_json, reporter
 @click.option("--threads", type=int, default=1, show_default=True, help="Intra-op threads of each runtime.")
 @click.option("--json", "json_out", metavar="PATH|-", help="Write the comparison as JSON to PATH, or to stdout with '-' (then nothing else is printed there).")
 @click.pass_context
-def compare(ctx, path, data, labels, samples, seed, reference, inputs, model_factory, trust_checkpoint, only,
+def compare(ctx, paths, data, labels, samples, seed, reference, inputs, model_factory, trust_checkpoint, only,
             layer_samples, jump_ratio, jump_min_increase, threads, json_out) -> None:
-    """Feed the same inputs to the reference and every artifact of the build at PATH.
+    """Feed the same inputs to the reference and every artifact of the builds at PATHS (one or more build folders
+    of the same checkpoint, e.g. a cpu/rpi5 build and an mcu build).
 
     Prints, per artifact and output, top-1 agreement, cosine, SNR and errors against the reference, the
     pairwise top-1 agreement of all runs, and for each INT8/FP16 ONNX artifact the first layer whose error
@@ -38,7 +39,7 @@ def compare(ctx, path, data, labels, samples, seed, reference, inputs, model_fac
     from edgec.benchmarks.compare import text_report
 
     comparison = run_compare(
-        path, data, labels=labels, samples=samples, seed=seed, reference=reference, inputs=inputs,
+        list(paths), data, labels=labels, samples=samples, seed=seed, reference=reference, inputs=inputs,
         model_factory=model_factory, trust_checkpoint=trust_checkpoint, only=tuple(only),
         layer_samples=layer_samples, jump_ratio=jump_ratio, jump_min_increase=jump_min_increase, threads=threads,
         report=reporter(ctx),
