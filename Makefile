@@ -26,8 +26,11 @@ $(BENCH_STAMP): $(STAMP) requirements-bench.txt
 
 demo: $(STAMP)
 	$(BIN)/python -m edgec.demo $(DEMO)
-	$(BIN)/edgec build $(DEMO)/digits_cnn.pt2 --target cpu -p fp32 -p fp16 -p int8 --calib $(DEMO)/calib.npz --out $(DEMO)/build
-	$(BIN)/edgec bench $(DEMO)/build --data $(DEMO)/eval.npz --labels $(DEMO)/eval_labels.npy
+	$(BIN)/edgec build $(DEMO)/digits_cnn.pt2 --target cpu --target jetson --target rpi5 -p fp32 -p fp16 -p int8 --calib $(DEMO)/calib.npz --out $(DEMO)/build
+	$(BIN)/edgec build $(DEMO)/digits_cnn.pt2 --target mcu --calib $(DEMO)/calib.npz --out $(DEMO)/build-mcu
+	$(BIN)/edgec bench $(DEMO)/build --data $(DEMO)/eval.npz --labels $(DEMO)/eval_labels.npy --json $(DEMO)/results.json
+	$(BIN)/edgec report $(DEMO)/results.json --html $(DEMO)/report.html --md $(DEMO)/report.md
+	$(BIN)/edgec compare $(DEMO)/build $(DEMO)/build-mcu --data $(DEMO)/eval.npz --labels $(DEMO)/eval_labels.npy
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
