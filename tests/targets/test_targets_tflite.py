@@ -118,6 +118,36 @@ def test_int8_is_full_integer_with_recorded_io_quantization(digits):
         assert io["scale"] > 0
 
 
+def test_int8_residual_adds_are_integer(tmp_path, one_torch_thread):
+    """Adds that are not folded into a following conv (MobileNetV2's residuals) are quantized too: litert-torch's
+    own add annotator misses them under torch.export(strict=False) and left them float."""
+
+    class Residual(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.stem = torch.nn.Conv2d(3, 8, 3, padding=1)
+            self.expand = torch.nn.Conv2d(8, 16, 1)
+            self.project = torch.nn.Conv2d(16, 8, 1)
+            self.head = torch.nn.Linear(8, 4)
+
+        def forward(self, x):
+            y = self.stem(x)
+            y = y + self.project(torch.relu(self.expand(y)))  # MobileNetV2's residual: it feeds a pool, not a conv
+            return self.head(torch.nn.functional.adaptive_avg_pool2d(y, 1).flatten(1))
+
+    spec = InputSpec((TensorSpec("x", (1, 3, 16, 16), "float32", "NCHW"),), (TensorSpec("y", (1, 4), "float32"),))
+    x = np.random.default_rng(0).standard_normal((24, 1, 3, 16, 16)).astype(np.float32)
+    model = convert(Residual().eval(), spec, Precision.INT8, tmp_path / "r.tflite",
+                    ArrayCalibrationSet([{"x": s} for s in x]))
+    assert "ADD" in model.ops and not {"QUANTIZE", "DEQUANTIZE"} & set(model.ops), model.ops
+    interp = _interpreter(model.path)
+    dtypes = {d["index"]: d["dtype"] for d in interp.get_tensor_details()}
+    for op in interp._get_ops_details():
+        if op["op_name"] == "ADD":
+            assert all(dtypes[i] == np.int8 for i in [*op["inputs"], *op["outputs"]]), op
+
+
 def test_runner_runs_a_batch_row_by_row(digits):
     _, _, evaluation, _, arts = digits
     art = arts[Precision.INT8]
