@@ -6,7 +6,9 @@ Runtime session made with the same settings) and the harness (``bench_artifacts`
 with its defaults: 10 warm-up and 100 timed calls, one thread). Overhead is the median over rounds of harness p50 / bare p50 - 1.
 
 Spread: ``edgec bench BUILD --json -`` runs as separate processes, one after another, with its default settings;
-spread is (max - min) / median of the p50 latencies those runs report, per artifact.
+spread is (max - min) / median of the p50 latencies those runs report, per artifact. The control: the same
+spread for a bare 100-call ``session.run`` loop, each in its own process, so the machine's own run-to-run
+variation shows beside the harness's.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ class HarnessFigures:
     spread: float | None = None  # (max - min) / median of p50 over separate edgec bench runs
     runs: int = 0
     run_p50s_ms: list[float] = dataclasses.field(default_factory=list)
+    bare_spread: float | None = None  # the same for a bare session.run loop in separate processes (the control)
 
 
 def _bare_p50(session: Any, feeds: dict[str, np.ndarray], warmup: int, iterations: int) -> float:
@@ -91,6 +94,32 @@ def measure_spread(build: Path, data: Path, runs: int) -> dict[str, list[float]]
     return p50s
 
 
+_BARE = """
+import sys, time, numpy as np
+from edgec.compiler.onnxutil import ort_session
+s = ort_session(sys.argv[1], threads=1)
+with np.load(sys.argv[2]) as f:
+    x = f[f.files[0]][:1]
+feeds = {s.get_inputs()[0].name: x}
+names = [o.name for o in s.get_outputs()]
+for _ in range(10):
+    s.run(names, feeds)
+t = []
+for _ in range(100):
+    t0 = time.perf_counter_ns(); s.run(names, feeds); t.append((time.perf_counter_ns() - t0) / 1e6)
+print(float(np.median(t)))
+"""
+
+
+def measure_bare_spread(model: Path, data: Path, runs: int) -> list[float]:
+    """p50 of a bare 100-call ``session.run`` loop (10 warm-up) in ``runs`` separate processes: the control."""
+    return [
+        float(subprocess.run([sys.executable, "-c", _BARE, str(model), str(data)], capture_output=True, text=True,
+                             check=True).stdout)
+        for _ in range(runs)
+    ]
+
+
 def _build(name: str, work: Path) -> tuple[Path, Path]:
     from edgec.api import build
     from edgec.bench_models import load_model
@@ -138,6 +167,9 @@ def run(quick: bool = False, work: Path | None = None, report: Callable[[str], N
             fig.run_p50s_ms = p50s
             fig.runs = len(p50s)
             fig.spread = (max(p50s) - min(p50s)) / statistics.median(p50s)
+            art = next(a for a in artifacts if a.name == artifact_name)
+            bare = measure_bare_spread(Path(art.path), data, runs)
+            fig.bare_spread = (max(bare) - min(bare)) / statistics.median(bare)
     return render(figures, quick)
 
 
@@ -147,14 +179,16 @@ def render(figures: list[HarnessFigures], quick: bool) -> str:
     lines = [
         "## Harness overhead and run-to-run spread",
         "",
-        "| model / artifact | bare session.run p50 ms | edgec p50 ms | overhead | edgec bench p50 per run (ms) | spread |",
-        "|---|---:|---:|---:|---|---:|",
+        "| model / artifact | bare session.run p50 ms | edgec p50 ms | overhead | edgec bench p50 per run (ms) | spread "
+        "| bare loop spread (control) |",
+        "|---|---:|---:|---:|---|---:|---:|",
     ]
     for f in figures:
         lines.append(
             f"| {f.artifact} | {f.bare_p50_ms:.4f} | {f.harness_p50_ms:.4f} | {f.overhead * 100:+.2f}% | "
             f"{', '.join(f'{v:.4f}' for v in f.run_p50s_ms)} | "
-            f"{'–' if f.spread is None else f'{f.spread * 100:.1f}%'} |"
+            f"{'–' if f.spread is None else f'{f.spread * 100:.1f}%'} | "
+            f"{'–' if f.bare_spread is None else f'{f.bare_spread * 100:.1f}%'} |"
         )
     verdict = lambda ok: "PASS" if ok else "FAIL"  # noqa: E731
     lines += [

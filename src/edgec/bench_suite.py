@@ -911,6 +911,9 @@ def main(argv: list[str] | None = None) -> int:
         "--no-prune", action="store_true", help="skip the pruning + distillation section (edgec.bench_prune)"
     )
     parser.add_argument(
+        "--no-tflite", action="store_true", help="skip the arm/mcu section (edgec.bench_tflite)"
+    )
+    parser.add_argument(
         "--no-harness", action="store_true", help="skip the harness overhead and spread section (edgec.bench_harness)"
     )
     parser.add_argument(
@@ -934,6 +937,10 @@ def main(argv: list[str] | None = None) -> int:
 
             html = args.html or args.out.with_suffix(".html")
             sections.append(bench_targets.run(html, quick=args.quick, work=work.resolve() / "targets", report=say))
+        if not args.no_tflite:
+            from edgec import bench_tflite
+
+            sections.append(bench_tflite.run(quick=args.quick, work=work.resolve() / "tflite", report=say))
         if not args.no_prune:
             from edgec import bench_prune
 

@@ -29,7 +29,7 @@ def run(
     from edgec.benchmarks.harness import bench_artifacts
     from edgec.benchmarks.htmlreport import write_report
     from edgec.benchmarks.report import markdown_table
-    from edgec.compiler.modelio import torch_run
+    from edgec.compiler.modelio import one_torch_thread, torch_run
     from edgec.demo import write_demo
     from edgec.recipe import Recipe
     from edgec.targets.registry import availability, resolve_target
@@ -38,7 +38,8 @@ def run(
 
     work = Path(work or tempfile.mkdtemp(prefix="edgec-bench-targets-"))
     report("[targets] training the digits CNN")
-    paths = write_demo(work, epochs=4 if quick else 12)
+    with one_torch_thread():  # a small net on a busy 2-core machine: extra threads mostly spin
+        paths = write_demo(work, epochs=4 if quick else 12)
     targets, artifacts, skipped = [], [], []
     for name, precs in TARGETS:
         ok, why = availability(resolve_target(name).backend)
@@ -53,15 +54,16 @@ def run(
             out=str(work / f"build-{name}"),
         ))
         artifacts += result.artifacts
+    name = artifacts[0].spec.input_names[0]
     with np.load(paths["eval"]) as f:
-        x = f["x"]
+        x = f[f.files[0]]
     n = 60 if quick else len(x)
-    feeds = [{"x": x[i:i + 1]} for i in range(n)]
+    feeds = [{name: x[i:i + 1]} for i in range(n)]
     labels = np.load(paths["eval_labels"])[:n]
     module = torch.export.load(str(paths["checkpoint"])).module()
 
     def reference(feed):
-        return {"output": torch_run(module, feed, ["x"])[0]}
+        return {artifacts[0].spec.outputs[0].name: torch_run(module, feed, [name])[0]}
 
     report(f"[targets] benchmarking {len(artifacts)} artifacts on {n} samples")
     results = bench_artifacts(

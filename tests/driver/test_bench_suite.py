@@ -37,7 +37,7 @@ def test_quick_suite_on_digits(tmp_path, monkeypatch):
     monkeypatch.setenv("NNCF_CI", "1")
     out = tmp_path / "BENCHMARKS.md"
     assert (
-        suite.main(["--quick", "--models", "digits", "--no-prune", "--no-harness", "--no-targets", "--out", str(out), "--work-dir", str(tmp_path / "work")])
+        suite.main(["--quick", "--models", "digits", "--no-prune", "--no-harness", "--no-targets", "--no-tflite", "--out", str(out), "--work-dir", str(tmp_path / "work")])
         == 0
     )
 
