@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from edgec.benchmarks.accuracy import compare_outputs
-from edgec.benchmarks.latency import DEFAULT_ITERATIONS, MemorySampler, measure_latency
+from edgec.benchmarks.latency import DEFAULT_ITERATIONS, MemorySampler, measure_latency, timed_call
 from edgec.benchmarks.results import BenchResults, RunResult, environment, now_iso
 from edgec.compiler.context import track
 from edgec.compiler.errors import (
@@ -179,8 +179,9 @@ def _bench_one(
             say(f"{artifact.name}: timing ({warmup} warm-up, {budget})")
             if warmup < 0:
                 raise ConfigError(f"warmup must be 0 or more, not {warmup}")
+            call = timed_call(runner)
             for i in range(warmup):
-                runner.infer(feeds_list[i % len(feeds_list)])
+                call(feeds_list[i % len(feeds_list)])
         stats = measure_latency(runner, feeds_list, warmup=0, iterations=iterations, duration=duration)
         stats.warmup = warmup
         # Runtimes that can time the accelerator itself (CUDA events for TensorRT) report that beside the host time.

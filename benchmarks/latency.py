@@ -82,6 +82,11 @@ def summarize(latencies_ms: Sequence[float], batch: int = 1, warmup: int = 0) ->
     )
 
 
+def timed_call(runner: Any) -> Any:
+    """What the clock goes around: ``runner.call`` (the runtime alone), or ``infer`` for a runner without one."""
+    return getattr(runner, "call", None) or runner.infer
+
+
 def batch_size(feeds: Feeds) -> int:
     """The leading dimension of the first input (1 for scalars or empty feeds)."""
     for value in feeds.values():
@@ -99,7 +104,8 @@ def measure_latency(
     duration: float | None = None,
     min_iterations: int = 10,
 ) -> LatencyStats:
-    """Time ``runner.infer`` over ``feeds_list`` (cycled), after ``warmup`` untimed calls.
+    """Time ``runner.call`` (the runtime's own call; ``infer`` unless the runner says otherwise) over
+    ``feeds_list`` (cycled), after ``warmup`` untimed calls.
 
     Args:
         runner: a loaded Runner.
@@ -124,7 +130,7 @@ def measure_latency(
         iterations = DEFAULT_ITERATIONS
 
     latencies = timed_loop(
-        runner.infer, feeds_list, warmup=warmup, iterations=iterations, duration=duration,
+        timed_call(runner), feeds_list, warmup=warmup, iterations=iterations, duration=duration,
         min_iterations=min_iterations,
     )
     return summarize(latencies, batch=batch_size(feeds_list[0]), warmup=warmup)

@@ -37,6 +37,12 @@ class Runner(abc.ABC):
     def infer(self, feeds: Feeds) -> dict[str, Any]:
         """Outputs by name, as numpy arrays, for one set of feeds laid out like ``input_specs()``."""
 
+    def call(self, feeds: Feeds) -> Any:
+        """One inference as the harness times it: the runtime's own call, its outputs in whatever form the
+        runtime gives them. Defaults to ``infer``; a runner whose ``infer`` does bookkeeping around the call
+        (naming the outputs) overrides it, so the clock holds the runtime alone."""
+        return self.infer(feeds)
+
 
 def describe_options(options_cls: type) -> list[tuple[str, str, Any, str]]:
     """(name, type, default, description) for each field of an Options dataclass."""

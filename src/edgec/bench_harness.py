@@ -1,9 +1,10 @@
 """The harness's own figures for ``make bench``: its overhead against a bare ``session.run`` loop, and the
 run-to-run spread of ``edgec bench`` with its default settings.
 
-Overhead: in one process, rounds alternate a bare loop (``perf_counter_ns`` around ``session.run`` on an ONNX
-Runtime session made with the same settings) and the harness (``bench_artifacts``, what ``edgec bench`` runs,
-with its defaults: 10 warm-up and 100 timed calls, one thread). Overhead is the median over rounds of harness p50 / bare p50 - 1.
+Overhead: in one process, blocks of 20 calls alternate between a bare loop (``perf_counter_ns`` around
+``session.run`` on an ONNX Runtime session made with the same settings) and edgec's timing path (the registry's
+runner's ``call``, timed by the same ``timed_loop`` ``edgec bench`` uses); overhead = edgec's p50 over all its calls / the
+bare loop's p50 - 1 (300 blocks of 1-20 calls a side, at most 20 s a model).
 
 Spread: ``edgec bench BUILD --json -`` runs as separate processes, one after another, with its default settings;
 spread is (max - min) / median of the p50 latencies those runs report, per artifact. The control: the same
@@ -55,31 +56,48 @@ def _bare_p50(session: Any, feeds: dict[str, np.ndarray], warmup: int, iteration
     return float(np.median(times))
 
 
-def measure_overhead(artifact: Any, feeds: dict[str, np.ndarray], rounds: int) -> tuple[float, float, float]:
-    """(bare p50, edgec p50, overhead) medians over ``rounds`` interleaved rounds, one thread each.
+def measure_overhead(
+    artifact: Any, feeds: dict[str, np.ndarray], rounds: int, budget_s: float = 20.0
+) -> tuple[float, float, float]:
+    """(bare p50, edgec p50, overhead) over up to ``rounds`` x 100 alternating blocks of about 2 ms (1 to 20
+    calls) a side, within ``budget_s`` seconds, one thread.
 
-    edgec's figure is what ``edgec bench`` reports: ``bench_artifacts`` with its defaults (it loads the
-    artifact through the registry, warms up, times, then runs the evaluation samples).
+    edgec's side is its timing path (the registry's runner for the artifact, timed by ``timed_loop`` around
+    ``Runner.infer``, as ``edgec bench`` times it); the bare side is ``perf_counter_ns`` around ``session.run``.
+    The blocks alternate every 20 calls because this machine switches between a fast and a slow state every
+    second or so (27 vs 53 us per call on the digits CNN, in a bare loop alone): whole runs side by side would
+    compare the states, not the code.
     """
-    from edgec.benchmarks.harness import _adapt_feeds, bench_artifacts
-    from edgec.benchmarks.latency import DEFAULT_ITERATIONS
+    from edgec.benchmarks.device import timed_loop
+    from edgec.benchmarks.harness import _adapt_feeds, open_runner
     from edgec.compiler.onnxutil import ort_session
 
     session = ort_session(artifact.path, threads=1)
-    adapted = _adapt_feeds(feeds, artifact.spec, artifact.spec)
-    bare, harness, ratios = [], [], []
-    for r in range(rounds):
-        order = ("bare", "edgec") if r % 2 == 0 else ("edgec", "bare")
-        got = {}
-        for which in order:
-            if which == "bare":
-                got[which] = _bare_p50(session, adapted, 10, DEFAULT_ITERATIONS)
-            else:
-                got[which] = bench_artifacts([artifact], [feeds]).runs[0].latency.p50_ms
-        bare.append(got["bare"])
-        harness.append(got["edgec"])
-        ratios.append(got["edgec"] / got["bare"])
-    return statistics.median(bare), statistics.median(harness), statistics.median(ratios) - 1.0
+    names = [o.name for o in session.get_outputs()]
+    clock = time.perf_counter_ns
+    bare: list[float] = []
+    edgec: list[float] = []
+    with open_runner(artifact, 1) as runner:
+        adapted = _adapt_feeds(feeds, runner.input_specs(), artifact.spec)
+        t0 = clock()
+        for _ in range(10):
+            session.run(names, adapted)
+            runner.call(adapted)
+        per_call = (clock() - t0) / 20e9
+        # Blocks of about 2 ms (1 to 20 calls), as many as fit in the time budget (at least 20 a side).
+        size = max(1, min(20, round(0.002 / max(per_call, 1e-7))))
+        blocks = max(20, min(rounds * 100, int(budget_s / (2 * size * max(per_call, 1e-7)))))
+        for block in range(blocks):
+            for side in ((0, 1) if block % 2 == 0 else (1, 0)):
+                if side == 0:
+                    for _ in range(size):
+                        t0 = clock()
+                        session.run(names, adapted)
+                        bare.append((clock() - t0) / 1e6)
+                else:
+                    edgec += timed_loop(runner.call, [adapted], warmup=0, iterations=size, duration=None)
+    b, e = float(np.median(bare)), float(np.median(edgec))
+    return b, e, e / b - 1.0
 
 
 def measure_spread(build: Path, data: Path, runs: int) -> dict[str, list[float]]:
@@ -148,7 +166,7 @@ def run(quick: bool = False, work: Path | None = None, report: Callable[[str], N
 
     from edgec.benchmarks.harness import load_build
 
-    rounds, runs = (3, 3) if quick else (15, 10)
+    rounds, runs = (1, 3) if quick else (3, 10)
     work = Path(work or tempfile.mkdtemp(prefix="edgec-bench-harness-"))
     figures: list[HarnessFigures] = []
     for name in MODELS:
@@ -158,8 +176,8 @@ def run(quick: bool = False, work: Path | None = None, report: Callable[[str], N
         with np.load(data) as f:
             feeds = {"x": f["x"][:1]}
         for artifact in artifacts:
-            report(f"[harness] {artifact.name} of {name}: overhead, {rounds} interleaved rounds")
-            bare, harness, overhead = measure_overhead(artifact, feeds, rounds)
+            report(f"[harness] {artifact.name} of {name}: overhead, alternating blocks of calls")
+            bare, harness, overhead = measure_overhead(artifact, feeds, rounds, budget_s=3.0 if quick else 20.0)
             figures.append(HarnessFigures(f"{name} {artifact.name}", bare, harness, overhead, rounds))
         report(f"[harness] {name}: spread over {runs} separate edgec bench runs")
         for artifact_name, p50s in measure_spread(build, data, runs).items():

@@ -929,6 +929,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     settings = Settings.quick() if args.quick else Settings.full()
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="edgec-bench-"))
+    # A build cache of its own: a figure must never come from an artifact another version of the code wrote.
+    os.environ["EDGEC_CACHE_DIR"] = str((work / "cache").resolve())
     try:
         suite = run_suite(args.models, settings, work.resolve(), build_time=not args.no_build_time)
         sections = []
