@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from edgec.benchmarks.accuracy import AccuracyReport, compare_outputs
+from edgec.benchmarks.report import aligned_lines, num_cell
 from edgec.compiler.context import track
 from edgec.compiler.errors import ConfigError
 from edgec.compiler.types import Artifact, Feeds, ModelFormat
@@ -347,25 +348,25 @@ def layer_candidates(artifacts: list[Artifact]) -> tuple[dict[str, tuple[Artifac
 def text_report(comparison: Comparison) -> str:
     """The N-way table, the pairwise agreement matrix and the layer findings, for the terminal."""
 
-    def num(v: float | None, spec: str) -> str:
-        return "–" if v is None else format(v, spec)
-
     lines = [f"reference: {comparison.reference}; {comparison.samples} samples", ""]
     header = ["artifact", "runtime", "output", "top-1 agree %", "cosine", "SNR dB", "max abs err", "mean abs err"]
     rows = []
     for name, report in comparison.reports.items():
         for out, m in report.per_output.items():
             rows.append([
-                name, comparison.runtimes.get(name, ""), out, num(m.top1_agreement, ".2f"), num(m.cosine, ".6f"),
-                num(m.snr_db, ".1f"), num(m.max_abs_error, ".3g"), num(m.mean_abs_error, ".3g"),
+                name, comparison.runtimes.get(name, ""), out, num_cell(m.top1_agreement, ".2f"),
+                num_cell(m.cosine, ".6f"), num_cell(m.snr_db, ".1f"), num_cell(m.max_abs_error, ".3g"),
+                num_cell(m.mean_abs_error, ".3g"),
             ])
-    lines += _aligned(header, rows, numeric_from=3)
+    lines += aligned_lines(header, rows, numeric_from=3)
     if comparison.pairwise:
         names = list(comparison.pairwise)
         lines += ["", f"top-1 agreement % between runs (output '{comparison.primary_output}'):"]
         short = [f"[{i}]" for i in range(len(names))]
-        matrix = [[f"[{i}] {n}"] + [num(comparison.pairwise[n][m], ".2f") for m in names] for i, n in enumerate(names)]
-        lines += _aligned([""] + short, matrix, numeric_from=1)
+        matrix = [
+            [f"[{i}] {n}"] + [num_cell(comparison.pairwise[n][m], ".2f") for m in names] for i, n in enumerate(names)
+        ]
+        lines += aligned_lines([""] + short, matrix, numeric_from=1)
     for name, rep in comparison.layers.items():
         lines.append("")
         if rep.first_jump is None:
@@ -384,18 +385,6 @@ def text_report(comparison: Comparison) -> str:
     for name, why in comparison.skipped_layers.items():
         lines.append(f"{name}: no layer report ({why})")
     return "\n".join(lines) + "\n"
-
-
-def _aligned(header: list[str], rows: list[list[str]], numeric_from: int) -> list[str]:
-    table = [header, *rows]
-    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
-
-    def line(cells: list[str]) -> str:
-        return "  ".join(
-            c.rjust(w) if i >= numeric_from else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))
-        ).rstrip()
-
-    return [line(header), "  ".join("-" * w for w in widths), *(line(r) for r in rows)]
 
 
 def compare_build(

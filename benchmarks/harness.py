@@ -17,7 +17,7 @@ import numpy as np
 from edgec.benchmarks.accuracy import compare_outputs
 from edgec.benchmarks.latency import DEFAULT_ITERATIONS, MemorySampler, measure_latency, timed_call
 from edgec.benchmarks.results import BenchResults, RunResult, environment, now_iso
-from edgec.compiler.context import track
+from edgec.compiler.context import silent_reporter, track
 from edgec.compiler.errors import (
     CalibrationError,
     CheckpointError,
@@ -125,7 +125,7 @@ def open_runner(artifact: Artifact, threads: int | None = None) -> Runner:
 
 def run_outputs(
     artifact: Artifact, eval_feeds: list[Feeds], threads: int | None = 1, output_names: list[str] | None = None,
-    say: Any = None,
+    say: Any = silent_reporter,
 ) -> tuple[list[Outputs], str]:
     """The artifact's outputs for each sample (renamed like ``output_names`` when given: by name, else by
     position), and the runtime that ran it. No timing."""
@@ -138,9 +138,9 @@ def run_outputs(
     return outputs, runtime
 
 
-def _run_all(runner: Runner, feeds_list: list[Feeds], artifact: Artifact, say: Any = None) -> list[Outputs]:
-    if say is None:
-        return [_outputs_to_numpy(runner.infer(f), artifact.name) for f in feeds_list]
+def _run_all(
+    runner: Runner, feeds_list: list[Feeds], artifact: Artifact, say: Any = silent_reporter
+) -> list[Outputs]:
     return [
         _outputs_to_numpy(runner.infer(f), artifact.name) for f in track(say, f"{artifact.name}: samples", feeds_list)
     ]

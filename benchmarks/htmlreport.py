@@ -12,7 +12,7 @@ import html
 import math
 from pathlib import Path
 
-from edgec.benchmarks.report import format_size, markdown_table
+from edgec.benchmarks.report import format_size, markdown_table, num_cell
 from edgec.benchmarks.results import BenchResults, RunResult
 from edgec.compiler.errors import InputFileError
 
@@ -185,19 +185,16 @@ def _td(value: object, numeric: bool = True) -> str:
     return f'<td class="{"num" if numeric else "txt"}">{html.escape(str(value))}</td>'
 
 
-def _num(v: float | None, spec: str) -> str:
-    return "–" if v is None else format(v, spec)
-
-
 def summary_rows(runs: list[tuple[str, RunResult]], front: set[str]) -> list[list[str]]:
     rows = []
     for label, run in runs:
         lat, acc = run.latency, run.accuracy
         rows.append([
             label + (" ★" if label in front else ""), run.runtime.split(" (")[0] or "–",
-            format_size(run.size_bytes), _num(lat.p50_ms, ".3f"), _num(lat.p90_ms, ".3f"), _num(lat.p99_ms, ".3f"),
-            _num(lat.throughput_per_s, ".1f"), _num(acc.agreement if acc else None, ".2f"),
-            _num(acc.accuracy_drop if acc else None, "+.2f"), _num(acc.min_cosine if acc else None, ".6f"),
+            format_size(run.size_bytes), num_cell(lat.p50_ms, ".3f"), num_cell(lat.p90_ms, ".3f"),
+            num_cell(lat.p99_ms, ".3f"),
+            num_cell(lat.throughput_per_s, ".1f"), num_cell(acc.agreement if acc else None, ".2f"),
+            num_cell(acc.accuracy_drop if acc else None, "+.2f"), num_cell(acc.min_cosine if acc else None, ".6f"),
         ])
     return rows
 
@@ -214,8 +211,10 @@ def output_rows(runs: list[tuple[str, RunResult]]) -> list[list[str]]:
         if run.accuracy is None:
             continue
         for name, m in run.accuracy.per_output.items():
-            rows.append([label, name, _num(m.top1_agreement, ".2f"), _num(m.accuracy, ".2f"), _num(m.cosine, ".6f"),
-                         _num(m.snr_db, ".1f"), _num(m.max_abs_error, ".3g"), _num(m.mean_abs_error, ".3g")])
+            rows.append([
+                label, name, num_cell(m.top1_agreement, ".2f"), num_cell(m.accuracy, ".2f"), num_cell(m.cosine, ".6f"),
+                num_cell(m.snr_db, ".1f"), num_cell(m.max_abs_error, ".3g"), num_cell(m.mean_abs_error, ".3g"),
+            ])
     return rows
 
 

@@ -30,7 +30,7 @@ def format_size(n: int | None) -> str:
     return f"{n / (1024 * 1024):.2f} MiB"
 
 
-def _num(value: float | None, fmt: str) -> str:
+def num_cell(value: float | None, fmt: str) -> str:
     return MISSING if value is None else format(value, fmt)
 
 
@@ -63,15 +63,15 @@ def rows(results: BenchResults) -> list[list[str]]:
                 run.name + (" *" if run.is_reference else ""),
                 _runtime(run),
                 format_size(run.size_bytes),
-                _num(lat.p50_ms, ".3f"),
-                _num(lat.p90_ms, ".3f"),
-                _num(lat.p99_ms, ".3f"),
-                _num(lat.throughput_per_s, ".1f"),
-                _num(None if peak is None else peak / (1024 * 1024), ".1f"),
-                _num(acc.agreement if acc else None, ".2f"),
+                num_cell(lat.p50_ms, ".3f"),
+                num_cell(lat.p90_ms, ".3f"),
+                num_cell(lat.p99_ms, ".3f"),
+                num_cell(lat.throughput_per_s, ".1f"),
+                num_cell(None if peak is None else peak / (1024 * 1024), ".1f"),
+                num_cell(acc.agreement if acc else None, ".2f"),
                 _accuracy_cell(run),
-                _num(acc.min_cosine if acc else None, ".6f"),
-                _num(acc.max_abs_error if acc else None, ".3g"),
+                num_cell(acc.min_cosine if acc else None, ".6f"),
+                num_cell(acc.max_abs_error if acc else None, ".3g"),
             ]
         )
     return out
@@ -99,16 +99,21 @@ def markdown_table(results: BenchResults) -> str:
     return "\n".join([header, align, *body, "", _footnote(results)]) + "\n"
 
 
-def text_table(results: BenchResults) -> str:
-    """The same table as plain text with aligned columns, for the terminal."""
-    table = [list(COLUMNS), *rows(results)]
-    widths = [max(len(row[i]) for row in table) for i in range(len(COLUMNS))]
+def aligned_lines(header: list[str], body: list[list[str]], numeric_from: int) -> list[str]:
+    """A plain-text table: the header, a rule, then the rows; columns from ``numeric_from`` on right-aligned."""
+    table = [header, *body]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
 
     def line(cells: list[str]) -> str:
         return "  ".join(
-            c.rjust(w) if COLUMNS[i] in _NUMERIC else c.ljust(w)
-            for i, (c, w) in enumerate(zip(cells, widths))
+            c.rjust(w) if i >= numeric_from else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))
         ).rstrip()
 
-    rule = "  ".join("-" * w for w in widths)
-    return "\n".join([line(table[0]), rule, *(line(r) for r in table[1:]), "", _footnote(results)]) + "\n"
+    return [line(header), "  ".join("-" * w for w in widths), *(line(r) for r in body)]
+
+
+def text_table(results: BenchResults) -> str:
+    """The same table as plain text with aligned columns, for the terminal."""
+    # the numeric columns are the ones from "size" on
+    lines = aligned_lines(list(COLUMNS), rows(results), numeric_from=COLUMNS.index("size"))
+    return "\n".join([*lines, "", _footnote(results)]) + "\n"

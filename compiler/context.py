@@ -21,7 +21,9 @@ def silent_reporter(message: str) -> None:
     pass
 
 
-class _NoBar:
+class NullBar:
+    """A progress bar that draws nothing: what reporters without bars, and --quiet, get."""
+
     def update(self, n: int = 1) -> None:
         pass
 
@@ -34,7 +36,7 @@ def progress(report: Reporter, label: str, total: int | None) -> Iterator[Any]:
     any other reporter (a plain function, --quiet, a log file) gets a bar that does nothing.
     """
     make = getattr(report, "bar", None)
-    bar = make(label, total) if callable(make) else _NoBar()
+    bar = make(label, total) if callable(make) else NullBar()
     try:
         yield bar
     finally:

@@ -18,13 +18,13 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from edgec.compiler.errors import CalibrationError, ExportError, QuantizationError, missing_dependency
+from edgec.compiler.errors import CalibrationError, ConfigError, ExportError, QuantizationError, missing_dependency
 from edgec.compiler.types import CalibrationSet, InputSpec, Precision, TensorSpec
 
 #: The observers that collect INT8 activation ranges; histogram keeps the full logit range (see FIELD_NOTES).
@@ -92,18 +92,24 @@ class TFLiteModel:
 # Feeding and reading a .tflite file: numpy only.
 
 
+def _pick(feeds: dict[str, Any], name: str, position: int, count: int) -> np.ndarray | None:
+    """The feed named ``name``; else, when ``feeds`` holds ``count`` arrays (one per model input), the one at
+    ``position``; else None."""
+    if name in feeds:
+        return np.asarray(feeds[name])
+    if len(feeds) == count:
+        return np.asarray(list(feeds.values())[position])
+    return None
+
+
 def feeds_to_tflite(ios: list[TFLiteIO], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
     """Arrays for the .tflite inputs, in order: taken by spec name (else position), transposed to the file's
     layout, floats quantized to int8 (round half to even, clip), other dtypes cast to the file's (int64 ->
     int32)."""
-    values = list(feeds.values())
     arrays = []
     for i, io_ in enumerate(ios):
-        if io_.name in feeds:
-            arr = np.asarray(feeds[io_.name])
-        elif len(values) == len(ios):
-            arr = np.asarray(values[i])
-        else:
+        arr = _pick(feeds, io_.name, i, len(ios))
+        if arr is None:
             raise CalibrationError(
                 f"no feed for TFLite input '{io_.name}' (got {list(feeds)})",
                 hint="name the inputs like the model's",
@@ -145,6 +151,42 @@ def _schema() -> Any:
             continue
     raise missing_dependency("ai-edge-litert", "arm", "reading .tflite files")
 
+
+
+def run_fixed_shape(
+    inputs: list[TFLiteIO], outputs: list[TFLiteIO], feeds: dict[str, np.ndarray],
+    invoke: Callable[[list[np.ndarray]], list[np.ndarray]], file_name: str,
+) -> dict[str, np.ndarray]:
+    """Outputs by spec name for ``feeds``, through ``invoke`` (one call of an interpreter whose inputs have the
+    file's fixed shapes): a batch of several rows runs one row at a time and the outputs are stacked."""
+    arrays = feeds_to_tflite(inputs, feeds)
+    if all(a.shape == io_.shape for a, io_ in zip(arrays, inputs)):
+        return outputs_from_tflite(outputs, invoke(arrays))
+    rows = {a.shape[0] if a.ndim else None for a in arrays}
+    fits = all(
+        a.ndim == len(io_.shape) and io_.shape[:1] == (1,) and a.shape[1:] == io_.shape[1:]
+        for a, io_ in zip(arrays, inputs)
+    )
+    if not fits or len(rows) != 1:
+        got = ", ".join(f"{io_.name}:{'x'.join(map(str, a.shape))}" for a, io_ in zip(arrays, inputs))
+        want = ", ".join(f"{io_.name}:{'x'.join(map(str, io_.shape))}" for io_ in inputs)
+        raise CalibrationError(
+            f"'{file_name}' takes inputs {want} (in its own layout), not {got}",
+            hint="give samples shaped like the model's input",
+        )
+    per_row = [invoke([a[i:i + 1] for a in arrays]) for i in range(rows.pop())]
+    stacked = [np.concatenate([r[k] for r in per_row]) for k in range(len(outputs))]
+    return outputs_from_tflite(outputs, stacked)
+
+
+def io_from_metadata(metadata: dict[str, Any], path: Path | str) -> tuple[list[TFLiteIO], list[TFLiteIO]]:
+    """The inputs and outputs an artifact's manifest entry records (its ``io``), or a ConfigError."""
+    io = metadata.get("io") or {}
+    if not io.get("inputs"):
+        raise ConfigError(
+            f"the manifest entry of '{path}' has no 'io' record", hint="rebuild it with edgec build"
+        )
+    return [TFLiteIO.from_dict(d) for d in io["inputs"]], [TFLiteIO.from_dict(d) for d in io["outputs"]]
 
 def read_ops(path: str | Path) -> list[str]:
     """Builtin op names in the flatbuffer (sorted, each once), for an op resolver.
@@ -333,14 +375,10 @@ def _calibration_batches(spec: InputSpec, calibration: CalibrationSet, in_perm: 
     batch = spec.inputs[0].concrete_shape(1)[0] if spec.inputs and spec.inputs[0].shape else 1
     names = spec.input_names
     for k, sample in enumerate(calibration):
-        values = list(sample.values())
         arrays = []
         for i, t in enumerate(spec.inputs):
-            if t.name in sample:
-                arr = np.asarray(sample[t.name])
-            elif len(values) == len(names):
-                arr = np.asarray(values[i])
-            else:
+            arr = _pick(sample, t.name, i, len(names))
+            if arr is None:
                 raise CalibrationError(
                     f"calibration sample {k} has inputs {list(sample)}; the model needs {names}",
                     hint="name the calibration arrays like the model's inputs",

@@ -94,6 +94,17 @@ def resolve_target(name: str) -> Profile:
     raise ConfigError(f"unknown target '{name}'", hint=f"valid targets: {', '.join(names)} (see: edgec targets)")
 
 
+def backend_profile(name: str, backend: str, what: str, hint: str = "use one of") -> Profile:
+    """The profile ``name`` (or alias) of ``backend``; a ConfigError saying it is not ``what`` otherwise, with
+    ``hint`` followed by that backend's profiles."""
+    table = profiles()
+    profile = table.get(name) or next((p for p in table.values() if name in p.aliases), None)
+    if profile is None or profile.backend != backend:
+        ours = sorted(p.name for p in table.values() if p.backend == backend)
+        raise ConfigError(f"'{name}' is not {what}", hint=f"{hint}: {', '.join(ours)} (see: edgec targets)")
+    return profile
+
+
 def availability(backend: str) -> tuple[bool, str]:
     """(available, why not) for a backend, without raising."""
     try:

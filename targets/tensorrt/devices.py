@@ -58,15 +58,9 @@ class DeviceFacts:
 
 def device_facts(name: str) -> DeviceFacts:
     """The facts of the TensorRT profile ``name`` (a profile name or alias)."""
-    from edgec.targets.registry import profiles
+    from edgec.targets.registry import backend_profile
 
-    table = profiles()
-    profile = table.get(name) or next((p for p in table.values() if name in p.aliases), None)
-    ours = sorted(p.name for p in table.values() if p.backend == BACKEND)
-    if profile is None or profile.backend != BACKEND:
-        raise ConfigError(
-            f"'{name}' is not a TensorRT device profile", hint=f"use one of: {', '.join(ours)} (see: edgec targets)"
-        )
+    profile = backend_profile(name, BACKEND, "a TensorRT device profile")
     lim = profile.limits
     return DeviceFacts(
         name=profile.name,

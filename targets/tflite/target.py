@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from edgec.compiler.errors import ConfigError, QuantizationError, missing_dependency
-from edgec.compiler.tflite import OBSERVERS, TFLiteIO, convert
+from edgec.compiler.tflite import OBSERVERS, convert, io_from_metadata
 from edgec.compiler.types import Artifact, InputSpec, ModelFormat, Precision, sha256_file
 from edgec.compiler.versions import version_of
 from edgec.targets.base import Target, require_packages
@@ -101,16 +101,5 @@ class TFLiteTarget(Target):
         return [Artifact(out, ModelFormat.TFLITE, precision, self.name, spec, sha256_file(out), meta)]
 
     def open(self, artifact: Artifact, threads: int | None = None) -> TFLiteRunner:
-        io = artifact.metadata.get("io") or {}
-        if not io.get("inputs"):
-            raise ConfigError(
-                f"the manifest entry of '{artifact.path}' has no 'io' record",
-                hint="rebuild it with edgec build",
-            )
-        return TFLiteRunner(
-            Path(artifact.path),
-            artifact.spec,
-            [TFLiteIO.from_dict(d) for d in io["inputs"]],
-            [TFLiteIO.from_dict(d) for d in io["outputs"]],
-            threads,
-        )
+        inputs, outputs = io_from_metadata(artifact.metadata, artifact.path)
+        return TFLiteRunner(Path(artifact.path), artifact.spec, inputs, outputs, threads)

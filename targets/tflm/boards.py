@@ -47,15 +47,9 @@ class Board:
 
 def board(name: str) -> Board:
     """The facts of the mcu profile ``name`` (a profile name or alias)."""
-    from edgec.targets.registry import profiles
+    from edgec.targets.registry import backend_profile
 
-    table = profiles()
-    profile = table.get(name) or next((p for p in table.values() if name in p.aliases), None)
-    ours = sorted(p.name for p in table.values() if p.backend == BACKEND)
-    if profile is None or profile.backend != BACKEND:
-        raise ConfigError(
-            f"'{name}' is not an mcu profile", hint=f"set board to one of: {', '.join(ours)} (see: edgec targets)"
-        )
+    profile = backend_profile(name, BACKEND, "an mcu profile", hint="set board to one of")
     lim = profile.limits
     missing = [k for k in ("cpu", "flash_bytes", "ram_bytes") if not lim.get(k)]
     if missing:

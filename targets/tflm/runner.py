@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from edgec.compiler.errors import CalibrationError, TargetBuildError, missing_dependency
-from edgec.compiler.tflite import TFLiteIO, feeds_to_tflite, outputs_from_tflite
+from edgec.compiler.tflite import TFLiteIO, run_fixed_shape
 from edgec.compiler.types import Feeds, InputSpec
 from edgec.targets.base import Runner
 from edgec.targets.tflm.arena import captured_stderr, first_error
@@ -90,21 +90,4 @@ class TFLMRunner(Runner):
         return [np.array(self.interpreter.get_output(pos)) for pos in self._out_pos]
 
     def infer(self, feeds: Feeds) -> dict[str, Any]:
-        arrays = feeds_to_tflite(self.inputs, feeds)
-        if all(a.shape == io.shape for a, io in zip(arrays, self.inputs)):
-            return outputs_from_tflite(self.outputs, self._invoke(arrays))
-        rows = {a.shape[0] if a.ndim else None for a in arrays}
-        fits = all(
-            a.ndim == len(io.shape) and io.shape[:1] == (1,) and a.shape[1:] == io.shape[1:]
-            for a, io in zip(arrays, self.inputs)
-        )
-        if not fits or len(rows) != 1:
-            got = ", ".join(f"{io.name}:{'x'.join(map(str, a.shape))}" for a, io in zip(arrays, self.inputs))
-            want = ", ".join(f"{io.name}:{'x'.join(map(str, io.shape))}" for io in self.inputs)
-            raise CalibrationError(
-                f"'{self.path.name}' takes inputs {want} (in its own layout), not {got}",
-                hint="give samples shaped like the model's input",
-            )
-        per_row = [self._invoke([a[i:i + 1] for a in arrays]) for i in range(rows.pop())]
-        stacked = [np.concatenate([r[k] for r in per_row]) for k in range(len(self.outputs))]
-        return outputs_from_tflite(self.outputs, stacked)
+        return run_fixed_shape(self.inputs, self.outputs, feeds, self._invoke, self.path.name)

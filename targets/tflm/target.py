@@ -344,20 +344,13 @@ class TFLMTarget(Target):
         return dest
 
     def open(self, artifact: Artifact, threads: int | None = None) -> TFLMRunner:
-        from edgec.compiler.tflite import TFLiteIO
+        from edgec.compiler.tflite import io_from_metadata
 
         self.check_available()
         meta = artifact.metadata
-        io = meta.get("io") or {}
-        if not io.get("inputs") or not meta.get("arena"):
+        inputs, outputs = io_from_metadata(meta, artifact.path)
+        if not meta.get("arena"):
             raise ConfigError(
-                f"the manifest entry of '{artifact.path}' has no 'io' or 'arena' record",
-                hint="rebuild it with edgec build",
+                f"the manifest entry of '{artifact.path}' has no 'arena' record", hint="rebuild it with edgec build"
             )
-        return TFLMRunner(
-            Path(artifact.path),
-            artifact.spec,
-            [TFLiteIO.from_dict(d) for d in io["inputs"]],
-            [TFLiteIO.from_dict(d) for d in io["outputs"]],
-            int(meta["arena"]["recorded_bytes"]),
-        )
+        return TFLMRunner(Path(artifact.path), artifact.spec, inputs, outputs, int(meta["arena"]["recorded_bytes"]))

@@ -98,7 +98,9 @@ class TerminalReporter:
 
     def bar(self, label: str, total: int | None) -> Any:
         if self.quiet or not getattr(self.stream, "isatty", lambda: False)():
-            return _NoBar()
+            from edgec.compiler.context import NullBar
+
+            return NullBar()
         self._clear()
         self._bar = _Bar(self, label, total)
         self._bar.draw()
@@ -107,11 +109,6 @@ class TerminalReporter:
     def _clear(self) -> None:
         if self._bar is not None:
             self.stream.write("\r\033[K")
-
-
-class _NoBar:
-    def update(self, n: int = 1) -> None:
-        pass
 
 
 class _Bar:
