@@ -36,7 +36,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 
 bench: $(BENCH_STAMP)
-	NNCF_CI=1 $(BIN)/python -m edgec.bench_suite --out BENCHMARKS.md
+	NNCF_CI=1 $(BIN)/python -m bench.suite --out BENCHMARKS.md
 
 lint: $(STAMP)
 	$(BIN)/python -m pyflakes src compiler targets calibration_data benchmarks tests 2>/dev/null || true

@@ -278,3 +278,54 @@ class ArrayCalibrationSet:
         if not self.samples:
             return {}
         return {name: np.concatenate([s[name] for s in self.samples]) for name in self.samples[0]}
+
+
+@dataclasses.dataclass
+class LoadedModel:
+    """A model in memory: a torch module (``kind='torch'``) or an ONNX file (``kind='onnx'``)."""
+
+    kind: str
+    spec: InputSpec
+    source: Path
+    format: str  # exported-program | torchscript | state-dict | safetensors | pickled-module | onnx
+    module: Any = None  # torch.nn.Module (or ScriptModule) when kind == "torch"
+    exported: Any = None  # the ExportedProgram, when the checkpoint was one
+    onnx_path: Path | None = None
+
+
+@dataclasses.dataclass
+class OnnxModel:
+    """An FP32 ONNX file and its signature, plus how it was made."""
+
+    path: Path
+    spec: InputSpec
+    info: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.path = Path(self.path)
+
+
+@dataclasses.dataclass
+class CalibrationStats:
+    """Per-tensor activation ranges of one ONNX model, in ONNX Runtime's calibration-cache file (JSON).
+
+    Every target that wants a QDQ model quantizes from the same file, so the data is read once.
+    """
+
+    path: Path
+    method: str
+    samples: int
+    tensors: int = 0
+
+    def __post_init__(self) -> None:
+        self.path = Path(self.path)
+
+    def ranges(self) -> dict[str, tuple[float, float]]:
+        """Tensor name -> (low, high) as calibrated (the file is ONNX Runtime's, read with its loader)."""
+        from onnxruntime.quantization.calibrate import load_tensors_data
+
+        def scalar(x: Any) -> float:
+            return float(np.asarray(x).ravel()[0])
+
+        data = load_tensors_data(self.path)
+        return {k: (scalar(v.range_value[0]), scalar(v.range_value[1])) for k, v in data.items()}

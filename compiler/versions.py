@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import platform
 from importlib import metadata
+from pathlib import Path
 
 #: Packages whose versions can change what a stage writes: a stage's cache key holds those it names in ``tools``.
 TRACKED = (
@@ -22,21 +23,38 @@ def version_of(package: str) -> str | None:
         return None
 
 
-@functools.lru_cache(maxsize=None)
-def source_digest() -> str:
-    """A hash of edgec's own Python sources, so the build cache never reuses a stage written by other code
-    (a development tree keeps its version number while its code changes)."""
-    import hashlib
-    from pathlib import Path
+#: What edgec code changes a build's output: the core, the targets, the data readers and the driver's build
+#: path. The CLI's wording, the benchmark suite (bench/, outside the package) and the reports are left out, so
+#: editing them keeps every build cache valid.
+BUILD_SOURCES = ("compiler", "targets", "calibration_data", "src/edgec/api.py", "src/edgec/recipe.py",
+                 "src/edgec/options.py")
 
+
+def source_digest(root: Path | None = None) -> str:
+    """A hash of the edgec sources that change what a build writes, so the build cache never reuses a stage
+    written by other code (a development tree keeps its version number while its code changes)."""
+    if root is None:
+        return _installed_digest()
+    return _digest(Path(root))
+
+
+@functools.lru_cache(maxsize=None)
+def _installed_digest() -> str:
     import edgec.compiler
 
-    root = Path(edgec.compiler.__file__).resolve().parent.parent  # the folder holding compiler/, targets/, ...
+    return _digest(Path(edgec.compiler.__file__).resolve().parent.parent)  # the folder holding compiler/...
+
+
+def _digest(root: Path) -> str:
+    import hashlib
+
     h = hashlib.sha256()
-    for folder in ("compiler", "targets", "calibration_data", "src/edgec"):
-        for path in sorted((root / folder).rglob("*.py")) if (root / folder).is_dir() else ():
-            h.update(path.relative_to(root).as_posix().encode())
-            h.update(path.read_bytes())
+    for name in BUILD_SOURCES:
+        path = root / name
+        files = sorted(path.rglob("*.py")) if path.is_dir() else [path] if path.is_file() else []
+        for file in files:
+            h.update(file.relative_to(root).as_posix().encode())
+            h.update(file.read_bytes())
     return h.hexdigest()[:12]
 
 

@@ -9,101 +9,30 @@ from __future__ import annotations
 
 import contextlib
 import io
-import logging
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 from edgec.compiler.context import BuildContext, track
 from edgec.compiler.errors import CalibrationError, ConfigError, QuantizationError, missing_dependency
 from edgec.compiler.stage import Stage
-from edgec.compiler.stages.export import OnnxModel
-from edgec.compiler.types import CalibrationSet, Feeds
+from edgec.compiler.types import CalibrationSet, CalibrationStats, Feeds, OnnxModel
 
 RANGES_FILE = "ranges.json"
 METHODS = ("minmax", "entropy", "percentile")
 
 
-class CalibrationStats:
-    """Per-tensor activation ranges of one ONNX model, as ONNX Runtime's calibration cache file."""
+def ort_method(method: str) -> Any:
+    """ONNX Runtime's CalibrationMethod for edgec's method name."""
+    from onnxruntime.quantization import CalibrationMethod
 
-    def __init__(self, path: Path, method: str, samples: int, tensors: int):
-        self.path = Path(path)
-        self.method = method
-        self.samples = samples
-        self.tensors = tensors
-
-    @property
-    def ort_method(self) -> Any:
-        from onnxruntime.quantization import CalibrationMethod
-
-        return {
-            "minmax": CalibrationMethod.MinMax,
-            "entropy": CalibrationMethod.Entropy,
-            "percentile": CalibrationMethod.Percentile,
-        }[self.method]
-
-    def quantize(
-        self,
-        src: Path,
-        out: Path,
-        *,
-        activation: str,
-        per_channel: bool = True,
-        reduce_range: bool = False,
-        op_types: list[str] | None = None,
-        nodes: list[str] | None = None,
-        extra: dict[str, Any] | None = None,
-        purpose: str = "INT8 quantization",
-    ) -> None:
-        """Write ``out``, a QDQ model of ``src`` quantized from these statistics (no calibration data is read).
-
-        ``activation`` is "uint8" or "int8"; weights are always int8. Each target passes the flavour it runs
-        fastest (``extra`` holds ONNX Runtime's quantizer options, e.g. symmetric activations, no int32 bias).
-        """
-        try:
-            from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
-        except ImportError:
-            raise missing_dependency("onnxruntime", "onnx", purpose) from None
-        root = logging.getLogger()
-        level = root.level
-        root.setLevel(logging.ERROR)
-        try:
-            with contextlib.redirect_stdout(io.StringIO()):
-                quantize_static(
-                    str(src),
-                    str(out),
-                    calibration_data_reader=None,
-                    quant_format=QuantFormat.QDQ,
-                    op_types_to_quantize=op_types,
-                    nodes_to_quantize=nodes,
-                    per_channel=per_channel,
-                    reduce_range=reduce_range,
-                    activation_type=QuantType.QUInt8 if activation == "uint8" else QuantType.QInt8,
-                    weight_type=QuantType.QInt8,
-                    calibrate_method=self.ort_method,
-                    calibration_cache_path=str(self.path),
-                    extra_options=extra or {},
-                )
-        except Exception as exc:
-            raise QuantizationError(
-                f"{purpose} of '{src.name}' failed: {' '.join(str(exc).split())[:300]}",
-                hint="try --calibration-method minmax, or build fp32/fp16 only",
-            ) from None
-        finally:
-            root.setLevel(level)
-
-    def ranges(self) -> dict[str, tuple[float, float]]:
-        from onnxruntime.quantization.calibrate import load_tensors_data
-
-        data = load_tensors_data(self.path)
-        def scalar(x: Any) -> float:
-            return float(np.asarray(x).ravel()[0])
-
-        return {k: (scalar(v.range_value[0]), scalar(v.range_value[1])) for k, v in data.items()}
+    return {
+        "minmax": CalibrationMethod.MinMax,
+        "entropy": CalibrationMethod.Entropy,
+        "percentile": CalibrationMethod.Percentile,
+    }[method]
 
 
 CHUNK = 32
@@ -187,7 +116,7 @@ class CalibrateStage(Stage):
                         onnx_model.path,
                         None,
                         augmented_model_path=str(Path(tmp) / "augmented.onnx"),
-                        calibrate_method=stats.ort_method,
+                        calibrate_method=ort_method(self.method),
                         extra_options=extra,
                     )
                     # Fed in chunks so memory does not grow with the calibration set: each collect_data call

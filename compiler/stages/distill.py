@@ -29,7 +29,6 @@ from edgec.compiler.context import BuildContext, track
 from edgec.compiler.errors import ConfigError, TargetUnavailableError
 from edgec.compiler.modelio import flatten_outputs, import_callable
 from edgec.compiler.stage import Stage
-from edgec.compiler.stages.load import LoadedModel
 from edgec.compiler.stages.prune import (
     MODEL_FILE,
     PrunedModel,
@@ -44,7 +43,7 @@ from edgec.compiler.stages.prune import (
     tracking_modules,
     trainable_module,
 )
-from edgec.compiler.types import CalibrationSet, InputSpec
+from edgec.compiler.types import CalibrationSet, InputSpec, LoadedModel
 
 WEIGHTS_FILE = "weights.pt"
 TENSORBOARD_DIR = "tensorboard"

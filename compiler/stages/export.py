@@ -19,20 +19,11 @@ from edgec.compiler.errors import ExportError, missing_dependency
 from edgec.compiler.modelio import one_torch_thread, torch_run
 from edgec.compiler.onnxutil import constants_to_initializers, ort_session, save_model
 from edgec.compiler.stage import Stage
-from edgec.compiler.stages.load import LoadedModel, onnx_spec
-from edgec.compiler.types import CalibrationSet, InputSpec, TensorSpec
+from edgec.compiler.stages.load import onnx_spec
+from edgec.compiler.types import CalibrationSet, InputSpec, LoadedModel, OnnxModel, TensorSpec
 
 MODEL_FILE = "model.onnx"
 CHECK_SAMPLES = 4
-
-
-class OnnxModel:
-    """An FP32 ONNX file and its signature, plus how it was made."""
-
-    def __init__(self, path: Path, spec: InputSpec, info: dict[str, Any]):
-        self.path = Path(path)
-        self.spec = spec
-        self.info = info
 
 
 class ExportStage(Stage):

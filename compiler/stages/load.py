@@ -7,7 +7,6 @@ needs full unpickling is refused unless the user passed ``--trust-checkpoint``.
 
 from __future__ import annotations
 
-import dataclasses
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -17,24 +16,11 @@ from edgec.compiler.context import BuildContext
 from edgec.compiler.errors import CheckpointError, ConfigError, InputFileError, missing_dependency
 from edgec.compiler.modelio import flatten_outputs, import_callable, one_torch_thread, output_names_for, torch_run
 from edgec.compiler.stage import Stage
-from edgec.compiler.types import InputSpec, TensorSpec, guess_layout, sha256_file
+from edgec.compiler.types import InputSpec, LoadedModel, TensorSpec, guess_layout, sha256_file
 
 ONNX_SUFFIXES = {".onnx"}
 SAFETENSORS_SUFFIXES = {".safetensors"}
 EXPORTED_PROGRAM_SUFFIXES = {".pt2"}
-
-
-@dataclasses.dataclass
-class LoadedModel:
-    """A model in memory: a torch module (``kind='torch'``) or an ONNX file (``kind='onnx'``)."""
-
-    kind: str
-    spec: InputSpec
-    source: Path
-    format: str  # exported-program | torchscript | state-dict | safetensors | pickled-module | onnx
-    module: Any = None  # torch.nn.Module (or ScriptModule) when kind == "torch"
-    exported: Any = None  # the ExportedProgram, when the checkpoint was one
-    onnx_path: Path | None = None
 
 
 def detect_format(path: Path) -> str:

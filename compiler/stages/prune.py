@@ -31,8 +31,7 @@ from edgec.compiler.context import BuildContext
 from edgec.compiler.errors import ConfigError, ExportError, PruneError, missing_dependency
 from edgec.compiler.modelio import flatten_outputs
 from edgec.compiler.stage import Stage
-from edgec.compiler.stages.load import LoadedModel
-from edgec.compiler.types import CalibrationSet, InputSpec
+from edgec.compiler.types import CalibrationSet, InputSpec, LoadedModel
 
 CRITERIA = ("l1", "l2", "taylor")
 MODEL_FILE = "model.pt2"
@@ -464,7 +463,7 @@ class PruneStage(Stage):
             "protected": protected,
             "protected_outputs": heads,
             "skipped": skipped,
-            "latency": "measured by `make bench` (edgec.bench_prune), not during the build",
+            "latency": "measured by `make bench` (bench.prune), not during the build",
         }
         ctx.report(
             f"[prune] {self.criterion}: MACs {macs_before:,} -> {macs_after:,} ({figures['macs_removed']:.1%} fewer), "

@@ -12,11 +12,10 @@ from typing import Any
 
 from edgec.compiler.errors import QuantizationError, TargetBuildError, missing_dependency
 from edgec.compiler.onnxutil import kernel_counts, ort_session, save_model, topological_sort
-from edgec.compiler.stages.calibrate import CalibrationStats
-from edgec.compiler.stages.export import OnnxModel
-from edgec.compiler.types import Artifact, InputSpec, ModelFormat, Precision, sha256_file
+from edgec.compiler.types import Artifact, CalibrationStats, InputSpec, ModelFormat, OnnxModel, Precision, sha256_file
 from edgec.targets.base import Target, require_packages
 from edgec.targets.onnxruntime.runner import OnnxRuntimeRunner
+from edgec.targets.qdq import quantize_qdq
 
 
 @dataclasses.dataclass
@@ -115,8 +114,8 @@ class OnnxRuntimeTarget(Target):
         else:
             if not isinstance(calibration, CalibrationStats):
                 raise QuantizationError("INT8 needs calibration statistics", hint="pass --calib PATH")
-            calibration.quantize(
-                model.path, out, activation=self.options.int8_activation,
+            quantize_qdq(
+                calibration, model.path, out, activation=self.options.int8_activation,
                 per_channel=self.options.per_channel, reduce_range=self.options.reduce_range,
             )
             fusion = fusion_report(out)

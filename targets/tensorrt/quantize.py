@@ -13,7 +13,8 @@ from typing import Any
 
 from edgec.compiler.errors import QuantizationError, missing_dependency
 from edgec.compiler.onnxutil import save_model
-from edgec.compiler.stages.calibrate import CalibrationStats
+from edgec.compiler.types import CalibrationStats
+from edgec.targets.qdq import quantize_qdq
 from edgec.targets.tensorrt.fp16 import name_nodes
 
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
@@ -58,7 +59,8 @@ def quantize_tensorrt(src: Path, out: Path, stats: CalibrationStats, per_channel
     with tempfile.TemporaryDirectory(prefix="edgec-trt-q-") as tmp:
         named = Path(tmp) / "named.onnx"
         save_model(model, named)
-        stats.quantize(
+        quantize_qdq(
+            stats,
             named,
             out,
             activation="int8",

@@ -13,9 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from edgec.compiler.errors import QuantizationError, TargetBuildError
-from edgec.compiler.stages.calibrate import CalibrationStats
-from edgec.compiler.stages.export import OnnxModel
-from edgec.compiler.types import Artifact, InputSpec, ModelFormat, Precision, sha256_file
+from edgec.compiler.types import Artifact, CalibrationStats, InputSpec, ModelFormat, OnnxModel, Precision, sha256_file
 from edgec.targets.base import Runner, Target, require_packages
 from edgec.targets.tensorrt import bundle as bundle_mod
 from edgec.targets.tensorrt import conformance, devices, lint

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from edgec.compiler.errors import CalibrationError, TargetUnavailableError
-from edgec.compiler.tflite import TFLiteIO, quiet_litert, run_fixed_shape
+from edgec.targets.litert import TFLiteIO, quiet_litert, run_fixed_shape
 from edgec.compiler.types import Feeds, InputSpec
 from edgec.targets.base import Runner
 

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from edgec.compiler.errors import CalibrationError, TargetBuildError, missing_dependency
-from edgec.compiler.tflite import TFLiteIO, run_fixed_shape
+from edgec.targets.litert import TFLiteIO, run_fixed_shape
 from edgec.compiler.types import Feeds, InputSpec
 from edgec.targets.base import Runner
 from edgec.targets.tflm.arena import captured_stderr, first_error

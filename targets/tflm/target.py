@@ -174,7 +174,7 @@ class TFLMTarget(Target):
             )
 
     def build(self, model: Any, precision: Precision, calibration: Any, out_dir: Path) -> list[Artifact]:
-        from edgec.compiler.tflite import convert
+        from edgec.targets.litert import convert
 
         source = str(getattr(model, "source", "the model"))
         if getattr(model, "kind", "torch") != "torch":
@@ -344,7 +344,7 @@ class TFLMTarget(Target):
         return dest
 
     def open(self, artifact: Artifact, threads: int | None = None) -> TFLMRunner:
-        from edgec.compiler.tflite import io_from_metadata
+        from edgec.targets.litert import io_from_metadata
 
         self.check_available()
         meta = artifact.metadata

@@ -10,7 +10,7 @@ from edgec.compiler.cache import BuildCache
 from edgec.compiler.context import BuildContext
 from edgec.compiler.errors import CalibrationError
 from edgec.compiler.stages.calibrate import CalibrateStage
-from edgec.compiler.stages.export import OnnxModel
+from edgec.compiler.types import OnnxModel
 from edgec.compiler.stages.load import onnx_spec
 from edgec.compiler.types import ArrayCalibrationSet
 

@@ -16,6 +16,7 @@ from edgec.compiler.stages.calibrate import CalibrateStage
 from edgec.compiler.stages.export import ExportStage
 from edgec.compiler.stages.load import LoadStage, checkpoint_key
 from edgec.compiler.types import Precision
+from edgec.targets.qdq import quantize_qdq
 from edgec.targets.onnxruntime.target import (
     OnnxRuntimeOptions,
     OnnxRuntimeTarget,
@@ -110,7 +111,7 @@ def test_quantize_needs_no_calibration_data(prepared, tmp_path):
     """The shared statistics are enough to quantize: no data reader is passed at all."""
     onnx_model, stats, evaluation, _ = prepared
     out = tmp_path / "q.onnx"
-    stats.quantize(onnx_model.path, out, activation="uint8", reduce_range=True)
+    quantize_qdq(stats, onnx_model.path, out, activation="uint8", reduce_range=True)
     name = onnx_model.spec.input_names[0]
     assert _predict(out, evaluation, name).shape == (len(evaluation), 10)
 

@@ -11,7 +11,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edgec.compiler.errors import ConfigError, TargetBuildError
-from edgec.compiler.stages.export import OnnxModel
+from edgec.compiler.types import OnnxModel
 from edgec.compiler.stages.load import onnx_spec
 from edgec.compiler.types import ArrayCalibrationSet, Precision
 from edgec.targets.tensorrt import bundle as bundle_mod

@@ -17,7 +17,7 @@ from edgec.calibration_data import load_dataset
 from edgec.compiler.errors import ConfigError, ExportError, QuantizationError, TargetUnavailableError
 from edgec.compiler.modelio import torch_run
 from edgec.compiler.stages.load import load_checkpoint
-from edgec.compiler.tflite import TFLiteIO, convert, feeds_to_tflite, outputs_from_tflite, read_ops
+from edgec.targets.litert import TFLiteIO, convert, feeds_to_tflite, outputs_from_tflite, read_ops
 from edgec.compiler.types import ArrayCalibrationSet, InputSpec, ModelFormat, Precision, TensorSpec
 from edgec.targets.registry import resolve_target
 from edgec.targets.tflite import runner as runner_mod

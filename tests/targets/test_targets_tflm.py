@@ -22,7 +22,7 @@ from cliutil import run_edgec
 from edgec.cli import cli
 from edgec.compiler.errors import ConfigError, QuantizationError, TargetBuildError
 from edgec.compiler.stages.load import load_checkpoint
-from edgec.compiler.tflite import TFLiteIO, convert, feeds_to_tflite, read_ops
+from edgec.targets.litert import TFLiteIO, convert, feeds_to_tflite, read_ops
 from edgec.compiler.types import Artifact, ArrayCalibrationSet, InputSpec, Precision, TensorSpec
 from edgec.targets.registry import profiles, resolve_target
 from edgec.targets.tflm import arena, firmware, ops, vela

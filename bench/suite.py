@@ -1,6 +1,6 @@
 """The benchmark suite behind ``make bench``: edgec's CPU INT8 against FP32 and against peer quantizers.
 
-``python -m edgec.bench_suite --out BENCHMARKS.md`` builds every model with edgec (target cpu, fp32 and
+``python -m bench.suite --out BENCHMARKS.md`` builds every model with edgec (target cpu, fp32 and
 int8), quantizes the same FP32 ONNX with ONNX Runtime's ``quantize_static`` and with ``nncf.quantize`` (both
 with their default settings, on the same calibration samples), times every row side by side, measures the
 digits model's accuracy, times ``edgec build`` against its raw steps, and checks the figures against the
@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from edgec.compiler.context import quiet_tools
-from edgec.bench_models import NAMES, BenchModel, load_model
+from bench.models import NAMES, BenchModel, load_model
 
 MISSING = "–"
 VERSIONED = (
@@ -882,12 +882,12 @@ def _command_line(args: list[str]) -> str:
     with contextlib.suppress(ValueError):
         exe = exe.relative_to(Path.cwd())
     env = f"NNCF_CI={shlex.quote(os.environ['NNCF_CI'])} " if "NNCF_CI" in os.environ else ""
-    return f"{env}{exe} -m edgec.bench_suite {' '.join(shlex.quote(a) for a in args)}".rstrip()
+    return f"{env}{exe} -m bench.suite {' '.join(shlex.quote(a) for a in args)}".rstrip()
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m edgec.bench_suite", description=__doc__.splitlines()[0]
+        prog="python -m bench.suite", description=__doc__.splitlines()[0]
     )
     parser.add_argument(
         "--out", type=Path, default=Path("BENCHMARKS.md"), help="the Markdown report to write"
@@ -908,16 +908,16 @@ def main(argv: list[str] | None = None) -> int:
         "--work-dir", type=Path, help="keep the models and builds here (default: a temporary folder)"
     )
     parser.add_argument(
-        "--no-prune", action="store_true", help="skip the pruning + distillation section (edgec.bench_prune)"
+        "--no-prune", action="store_true", help="skip the pruning + distillation section (bench.prune)"
     )
     parser.add_argument(
-        "--no-tflite", action="store_true", help="skip the arm/mcu section (edgec.bench_tflite)"
+        "--no-tflite", action="store_true", help="skip the arm/mcu section (bench.tflite)"
     )
     parser.add_argument(
-        "--no-harness", action="store_true", help="skip the harness overhead and spread section (edgec.bench_harness)"
+        "--no-harness", action="store_true", help="skip the harness overhead and spread section (bench.harness)"
     )
     parser.add_argument(
-        "--no-targets", action="store_true", help="skip the every-target section and its HTML report (edgec.bench_targets)"
+        "--no-targets", action="store_true", help="skip the every-target section and its HTML report (bench.targets)"
     )
     parser.add_argument(
         "--html", type=Path, help="the HTML report of the every-target section (default: --out with .html)"
@@ -935,20 +935,20 @@ def main(argv: list[str] | None = None) -> int:
         suite = run_suite(args.models, settings, work.resolve(), build_time=not args.no_build_time)
         sections = []
         if not args.no_targets:
-            from edgec import bench_targets
+            from bench import targets as bench_targets
 
             html = args.html or args.out.with_suffix(".html")
             sections.append(bench_targets.run(html, quick=args.quick, work=work.resolve() / "targets", report=say))
         if not args.no_tflite:
-            from edgec import bench_tflite
+            from bench import tflite as bench_tflite
 
             sections.append(bench_tflite.run(quick=args.quick, work=work.resolve() / "tflite", report=say))
         if not args.no_prune:
-            from edgec import bench_prune
+            from bench import prune as bench_prune
 
             sections.append(bench_prune.run(quick=args.quick, work=work.resolve() / "prune", report=say))
         if not args.no_harness:
-            from edgec import bench_harness
+            from bench import harness as bench_harness
 
             sections.append(bench_harness.run(quick=args.quick, work=work.resolve() / "harness", report=say))
         extra_sections = "\n".join(sections)

@@ -29,7 +29,7 @@ def _table(markdown: str, header_start: str) -> list[list[str]]:
 
 @pytest.mark.slow
 def test_quick_section_on_digits(tmp_path):
-    from edgec import bench_tflite
+    from bench import tflite as bench_tflite
 
     messages: list[str] = []
     md = bench_tflite.run(quick=True, work=tmp_path, report=messages.append)

@@ -1,4 +1,4 @@
-"""The arm (LiteRT) and mcu (TFLite Micro, Ethos-U) targets, measured: ``python -m edgec.bench_tflite [--quick]``.
+"""The arm (LiteRT) and mcu (TFLite Micro, Ethos-U) targets, measured: ``python -m bench.tflite [--quick]``.
 
 Two models: the digits CNN (trained on scikit-learn's digits, 1x1x8x8, 360 held-out images with labels) and a
 MobileNetV2-shaped net at 1x3x96x96 (width 1.0, 100 classes, random weights with BatchNorm statistics settled on
@@ -164,7 +164,7 @@ class Result:
 
 
 def digits(seed: int = SEED, epochs: int = DIGITS_EPOCHS) -> Model:
-    from edgec.bench_models import digits_model
+    from bench.models import digits_model
     from edgec.compiler.modelio import one_torch_thread
 
     with one_torch_thread():
@@ -178,7 +178,7 @@ def mobilenetv2_96(seed: int = SEED) -> Model:
     """MobileNetV2's layout at 96x96 (width 1.0, ``MNV2_CLASSES`` classes), random weights, settled BatchNorm."""
     import torch
 
-    from edgec.bench_models import _settle_batchnorm, mobilenetv2_shape, random_images
+    from bench.models import _settle_batchnorm, mobilenetv2_shape, random_images
     from edgec.compiler.modelio import one_torch_thread
 
     with one_torch_thread():
@@ -258,7 +258,7 @@ def peer_quantize(fp32: Any, calib: np.ndarray, out: Path) -> tuple[Path, tuple[
     from ai_edge_litert.interpreter import Interpreter
     from ai_edge_quantizer import quantizer, recipe
 
-    from edgec.compiler.tflite import TFLiteIO, feeds_to_tflite, quiet_litert
+    from edgec.targets.litert import TFLiteIO, feeds_to_tflite, quiet_litert
 
     ins = [TFLiteIO.from_dict(d) for d in fp32.metadata["io"]["inputs"]]
     outs = [TFLiteIO.from_dict(d) for d in fp32.metadata["io"]["outputs"]]
@@ -344,7 +344,7 @@ class Timed:
     def __init__(self, path: Path, ios: tuple[list[Any], list[Any]], sample: np.ndarray):
         from ai_edge_litert.interpreter import Interpreter
 
-        from edgec.compiler.tflite import feeds_to_tflite, quiet_litert
+        from edgec.targets.litert import feeds_to_tflite, quiet_litert
 
         with quiet_litert():
             self.interp = Interpreter(model_path=str(path), num_threads=1)
@@ -428,7 +428,7 @@ def mcu_figures(artifact: Any, arm_int8: Any, model: Model, reference_acc: float
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
     from edgec.benchmarks.harness import open_runner
-    from edgec.compiler.tflite import TFLiteIO, feeds_to_tflite, quiet_litert
+    from edgec.targets.litert import TFLiteIO, feeds_to_tflite, quiet_litert
 
     meta = artifact.metadata
     ins = [TFLiteIO.from_dict(d) for d in meta["io"]["inputs"]]
@@ -488,7 +488,7 @@ def mcu_figures(artifact: Any, arm_int8: Any, model: Model, reference_acc: float
 
 
 def bench_model(name: str, work: Path, budget: Budget, report: Callable[[str], None]) -> Result:
-    from edgec.compiler.tflite import TFLiteIO
+    from edgec.targets.litert import TFLiteIO
     from edgec.targets.tflm.ops import float_ops, model_ops
 
     seconds: dict[str, float] = {}
@@ -774,7 +774,7 @@ def run(quick: bool = False, work: Path | None = None, report: Callable[[str], N
 if __name__ == "__main__":
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m edgec.bench_tflite", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.tflite", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="digits only, short rounds: a smoke test")
     parser.add_argument("--work-dir", type=Path, help="keep the models and builds here")
     parser.add_argument("--models", help=f"comma-separated subset of {','.join(MODELS)}")

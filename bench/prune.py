@@ -1,4 +1,4 @@
-"""Pruning and distillation, measured side by side: ``python -m edgec.bench_prune [--quick] [--out FILE]``.
+"""Pruning and distillation, measured side by side: ``python -m bench.prune [--quick] [--out FILE]``.
 
 A ResNet-shaped CNN (three stages of two basic blocks, 32/64/128 channels, BatchNorm, residual sums, a linear
 head, 105 M MACs) is trained on scikit-learn's digits upsampled from 8x8 to 32x32 (real offline data; at 8x8,
@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-FACTORY = "edgec.bench_prune:resnet_digits"
+FACTORY = "bench.prune:resnet_digits"
 SIZE = 32
 WIDTHS = (32, 64, 128)
 MACS_TO_REMOVE = 0.5
@@ -253,7 +253,8 @@ def run(quick: bool = False, work: Path | None = None, report: Any = None) -> st
     from edgec.compiler.context import BuildContext
     from edgec.compiler.onnxutil import mac_count, parameter_count
     from edgec.compiler.stages.export import ExportStage
-    from edgec.compiler.stages.load import LoadedModel, load_checkpoint
+    from edgec.compiler.stages.load import load_checkpoint
+    from edgec.compiler.types import LoadedModel
     from edgec.compiler.stages.prune import rebuild_pruned
     from edgec.compiler.types import TensorSpec
     from edgec.recipe import Recipe
@@ -428,12 +429,12 @@ def _markdown(quick, budget, rows, acc, lat, figures, base, checks, distill, pru
     lines += ["", "| target | measured | result |", "|---|---|---|"]
     for what, measured, ok in checks:
         lines.append(f"| {what} | {measured} | {'PASS' if ok else 'FAIL'} |")
-    lines += ["", f"Whole section: {total:.0f} s (`python -m edgec.bench_prune{' --quick' if quick else ''}`).", ""]
+    lines += ["", f"Whole section: {total:.0f} s (`python -m bench.prune{' --quick' if quick else ''}`).", ""]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m edgec.bench_prune", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.prune", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="shorter training and timing")
     parser.add_argument("--out", type=Path, help="also write the Markdown section to this file")
     parser.add_argument("--work", type=Path, help="keep the models and builds in this folder")

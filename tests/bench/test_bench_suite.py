@@ -32,7 +32,7 @@ def _table(markdown: str, heading: str) -> list[list[str]]:
 
 @pytest.mark.slow
 def test_quick_suite_on_digits(tmp_path, monkeypatch):
-    from edgec import bench_suite as suite
+    from bench import suite
 
     monkeypatch.setenv("NNCF_CI", "1")
     out = tmp_path / "BENCHMARKS.md"
@@ -42,7 +42,7 @@ def test_quick_suite_on_digits(tmp_path, monkeypatch):
     )
 
     md = out.read_text()
-    assert "-m edgec.bench_suite --quick --models digits" in md
+    assert "-m bench.suite --quick --models digits" in md
     assert "## Machine" in md and "avx2" in md and "avx512_vnni" in md and "onnxruntime" in md
     assert "## How measured" in md and "Other processes during the run" in md
 
@@ -72,7 +72,7 @@ def test_quick_suite_on_digits(tmp_path, monkeypatch):
 
 
 def test_build_time_figures_and_verdicts():
-    from edgec.bench_suite import BuildTiming, build_table, check_targets
+    from bench.suite import BuildTiming, build_table, check_targets
 
     timing = BuildTiming(
         edgec_s=[9.0, 7.0, 8.0],

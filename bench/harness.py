@@ -140,7 +140,7 @@ def measure_bare_spread(model: Path, data: Path, runs: int) -> list[float]:
 
 def _build(name: str, work: Path) -> tuple[Path, Path]:
     from edgec.api import build
-    from edgec.bench_models import load_model
+    from bench.models import load_model
     from edgec.recipe import Recipe
 
     import torch
@@ -225,7 +225,7 @@ def render(figures: list[HarnessFigures], quick: bool) -> str:
 if __name__ == "__main__":
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m edgec.bench_harness")
+    parser = argparse.ArgumentParser(prog="python -m bench.harness")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     print(run(quick=args.quick, report=lambda m: print(m, file=sys.stderr)))

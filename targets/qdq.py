@@ -1,0 +1,71 @@
+"""QDQ ONNX models from the shared calibration statistics, with ONNX Runtime's quantizer (no data is read).
+
+Not a target: the onnxruntime target (U8S8 for x86 kernels) and the tensorrt target (S8S8 symmetric for
+TensorRT's explicit quantization) each ask for their own flavour from the same ranges file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+from pathlib import Path
+from typing import Any
+
+from edgec.compiler.errors import QuantizationError, missing_dependency
+from edgec.compiler.stages.calibrate import ort_method
+from edgec.compiler.types import CalibrationStats
+
+
+def quantize_qdq(
+    stats: CalibrationStats,
+    src: Path,
+    out: Path,
+    *,
+    activation: str,
+    per_channel: bool = True,
+    reduce_range: bool = False,
+    op_types: list[str] | None = None,
+    nodes: list[str] | None = None,
+    exclude: list[str] | None = None,
+    extra: dict[str, Any] | None = None,
+    purpose: str = "INT8 quantization",
+) -> None:
+    """Write ``out``, a QDQ model of ``src`` quantized from ``stats``.
+
+    ``activation`` is "uint8" or "int8"; weights are always int8. Each target passes the flavour it runs
+    fastest (``extra`` holds ONNX Runtime's quantizer options, e.g. symmetric activations, no int32 bias);
+    ``exclude`` names nodes kept in float.
+    """
+    try:
+        from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+    except ImportError:
+        raise missing_dependency("onnxruntime", "onnx", purpose) from None
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            quantize_static(
+                str(src),
+                str(out),
+                calibration_data_reader=None,
+                quant_format=QuantFormat.QDQ,
+                op_types_to_quantize=op_types,
+                nodes_to_quantize=nodes,
+                nodes_to_exclude=exclude,
+                per_channel=per_channel,
+                reduce_range=reduce_range,
+                activation_type=QuantType.QUInt8 if activation == "uint8" else QuantType.QInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method=ort_method(stats.method),
+                calibration_cache_path=str(stats.path),
+                extra_options=extra or {},
+            )
+    except Exception as exc:
+        raise QuantizationError(
+            f"{purpose} of '{src.name}' failed: {' '.join(str(exc).split())[:300]}",
+            hint="try --calibration-method minmax, or build fp32/fp16 only",
+        ) from None
+    finally:
+        root.setLevel(level)
