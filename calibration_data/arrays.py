@@ -23,34 +23,68 @@ def per_sample(tensor: TensorSpec) -> int:
     return lead if isinstance(lead, int) else 1
 
 
-def check_stacked(arr: np.ndarray, tensor: TensorSpec, source: str, what: str) -> int:
-    """Check an array that stacks samples along its first axis; returns the number of samples it holds.
+#: How an array holds its samples: along the input's own first (batch) axis, or on a new leading axis (for
+#: inputs whose first axis is not a batch, such as a recurrent state [layers, 1, hidden]).
+BATCH_AXIS = "batch axis"
+NEW_AXIS = "new leading axis"
+
+
+def _fits(shape: tuple[int, ...], dims: tuple[Any, ...]) -> bool:
+    return len(shape) == len(dims) and all(not isinstance(d, int) or d == s for d, s in zip(dims, shape))
+
+
+def reading(arr: np.ndarray, tensor: TensorSpec) -> str | None:
+    """How ``arr`` stacks samples for ``tensor``: ``BATCH_AXIS`` when ``arr.shape[1:]`` fits the input's shape
+    after its first axis (rows are split into samples of the input's batch size), ``NEW_AXIS`` when
+    ``arr.shape[1:]`` fits the whole input shape (each ``arr[i]`` is one sample). The two differ in rank, so an
+    array fits at most one; None when it fits neither."""
+    if not tensor.shape:
+        return BATCH_AXIS if arr.ndim == 1 else None
+    if arr.ndim == len(tensor.shape) and _fits(arr.shape[1:], tensor.shape[1:]):
+        return BATCH_AXIS
+    if arr.ndim == len(tensor.shape) + 1 and _fits(arr.shape[1:], tensor.shape):
+        return NEW_AXIS
+    return None
+
+
+def check_stacked(arr: np.ndarray, tensor: TensorSpec, source: str, what: str) -> tuple[int, str]:
+    """Check an array that stacks samples; returns the number of samples it holds and how (``reading``).
 
     ``what`` names the array in messages (``array 'x'``, ``item 3``).
     """
-    expected = ("N",) + tuple(tensor.shape[1:]) if tensor.shape else ("N",)
-    rest_ok = arr.ndim == max(len(tensor.shape), 1) and all(
-        not isinstance(d, int) or d == s for d, s in zip(tensor.shape[1:], arr.shape[1:])
-    )
-    if not rest_ok:
+    how = reading(arr, tensor)
+    if how is None:
+        batch = ("N",) + tuple(tensor.shape[1:]) if tensor.shape else ("N",)
+        new = ("N",) + tuple(tensor.shape)
+        # An input whose first axis is fixed above 1 is rarely a batch (a state's layers, a pair of images):
+        # suggest the new-axis layout first, so a hint never mixes that axis into samples.
+        first = tensor.shape[0] if tensor.shape else 1
+        best, other = (new, batch) if isinstance(first, int) and first > 1 else (batch, new)
         raise CalibrationError(
             f"{source}: {what} has shape {shape_str(arr.shape)}, but input '{tensor.name}' is "
-            f"{tensor.shape_str()}, so it must be {shape_str(expected)} (N samples along the first axis)",
-            hint=f"reshape the data for input '{tensor.name}' to {shape_str(expected)}",
+            f"{tensor.shape_str()}: stack N samples as {shape_str(new)} (each [i] one sample) or as "
+            f"{shape_str(batch)} (along the input's batch axis)",
+            hint=f"reshape the data for input '{tensor.name}' to {shape_str(best)} (or {shape_str(other)})",
         )
+    if how == NEW_AXIS:
+        return arr.shape[0], how
     per = per_sample(tensor)
     if arr.shape[0] % per:
         raise CalibrationError(
             f"{source}: {what} has {arr.shape[0]} rows, not a multiple of input '{tensor.name}''s fixed "
             f"batch size {per}",
-            hint=f"give a multiple of {per} rows",
+            hint=f"give a multiple of {per} rows, or stack samples on a new leading axis: "
+            f"{shape_str(('N',) + tuple(tensor.shape))}",
         )
-    return arr.shape[0] // per
+    return arr.shape[0] // per, how
 
 
-def take_sample(arr: np.ndarray, tensor: TensorSpec, index: int) -> np.ndarray:
-    """Sample ``index`` of a stacked array, keeping the batch axis (``arr[i:i+1]`` for a batch of 1)."""
+def take_sample(arr: np.ndarray, tensor: TensorSpec, index: int, how: str = BATCH_AXIS) -> np.ndarray:
+    """Sample ``index`` of a stacked array read as ``how``, keeping the batch axis (``arr[i:i+1]`` for a batch
+    of 1)."""
     if not tensor.shape:
+        return arr[index]
+    if how == NEW_AXIS:
         return arr[index]
     per = per_sample(tensor)
     return arr[index * per : (index + 1) * per]

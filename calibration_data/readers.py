@@ -101,9 +101,10 @@ def load_dataset(
     for i in chosen.tolist():
         raw = reader.sample(i)
         feeds.append({t.name: conform(raw[t.name], t, name, i) for t in spec.inputs})
-    if label_array is None:
-        return ArrayCalibrationSet(feeds, source=name)
-    return EvaluationSet(feeds, source=name, labels=label_array[chosen])
+    dataset = (ArrayCalibrationSet(feeds, source=name) if label_array is None
+               else EvaluationSet(feeds, source=name, labels=label_array[chosen]))
+    dataset.readings = dict(getattr(reader, "readings", {}))
+    return dataset
 
 
 def select(total: int, samples: int | None, seed: int) -> np.ndarray:
@@ -125,10 +126,12 @@ class _StackedReader:
     def __init__(self, arrays: Mapping[str, np.ndarray], spec: InputSpec, source: str, what: str = "array"):
         self.arrays = dict(arrays)
         self.spec = spec
-        counts = {
+        checked = {
             t.name: check_stacked(self.arrays[t.name], t, source, f"{what} for input '{t.name}'")
             for t in spec.inputs
         }
+        counts = {name: count for name, (count, _) in checked.items()}
+        self.readings = {name: how for name, (_, how) in checked.items()}
         if len(set(counts.values())) > 1:
             listed = ", ".join(f"'{k}': {v}" for k, v in counts.items())
             raise CalibrationError(
@@ -141,7 +144,7 @@ class _StackedReader:
         return self.count
 
     def sample(self, index: int) -> Feeds:
-        return {t.name: take_sample(self.arrays[t.name], t, index) for t in self.spec.inputs}
+        return {t.name: take_sample(self.arrays[t.name], t, index, self.readings[t.name]) for t in self.spec.inputs}
 
 
 class _ImageReader:
@@ -156,8 +159,9 @@ class _ImageReader:
 
 
 class _ListReader:
-    def __init__(self, feeds: list[Feeds]):
+    def __init__(self, feeds: list[Feeds], readings: dict[str, str]):
         self.feeds = feeds
+        self.readings = readings
 
     def __len__(self) -> int:
         return len(self.feeds)
@@ -193,7 +197,7 @@ def _open(source: str | Path, spec: InputSpec, pre: Preprocess, option: str) -> 
             return _StackedReader(_read_npy(path, spec, hint, option), spec, text)
         raise InputFileError(f"{text}: unknown data file extension '{path.suffix}'", hint=hint)
     if isinstance(source, str) and suffix not in (".npz", ".npy") and _CALLABLE.fullmatch(source):
-        return _ListReader(_call(source, spec, option))
+        return _ListReader(*_call(source, spec, option))
     raise InputFileError(f"{option} '{text}' does not exist", hint=hint)
 
 
@@ -245,7 +249,7 @@ def _read_npy(path: Path, spec: InputSpec, hint: str, option: str) -> dict[str, 
     return {spec.inputs[0].name: arr}
 
 
-def _call(text: str, spec: InputSpec, option: str) -> list[Feeds]:
+def _call(text: str, spec: InputSpec, option: str) -> tuple[list[Feeds], dict[str, str]]:
     from edgec.compiler.modelio import import_callable
 
     result = import_callable(text, option)()
@@ -257,6 +261,7 @@ def _call(text: str, spec: InputSpec, option: str) -> list[Feeds]:
             hint="return a list or generator of {input_name: array} dicts, arrays, or tuples of arrays",
         ) from None
     feeds: list[Feeds] = []
+    readings: dict[str, str] = {}
     for k, item in enumerate(items):
         arrays = {}
         for t, value in zip(spec.inputs, _item_values(item, spec, text, k)):
@@ -266,7 +271,8 @@ def _call(text: str, spec: InputSpec, option: str) -> list[Feeds]:
             arrays[t.name] = arr
         reader = _StackedReader(arrays, spec, text, what=f"item {k}")
         feeds.extend(reader.sample(j) for j in range(len(reader)))
-    return feeds
+        readings.update(reader.readings)
+    return feeds, readings
 
 
 def _item_values(item: Any, spec: InputSpec, text: str, k: int) -> list[Any]:

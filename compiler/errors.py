@@ -1,4 +1,5 @@
-"""Errors the user caused. Anything else that escapes is a bug and keeps its traceback.
+"""Errors the user can act on, and failures inside a build stage (StageError): each ends in one ``error:`` line
+and an exit code. Anything else that escapes is a bug and keeps its traceback.
 
 Each class carries the exit code the CLI returns for it; ``tests/driver/test_exit_codes.py`` checks that the
 README's table of exit codes and ``edgec --help`` list every one of them.
@@ -81,6 +82,26 @@ class GateFailed(EdgecError):
     exit_code = 6
 
 
+class StageError(EdgecError):
+    """A stage failed with something other than an EdgecError: a third-party tool's exception or an edgec bug.
+
+    The build still ends with one ``error:`` line and exit code 4, never a traceback: the message names the
+    failing stage, the stages that ran before it and the exception; ``EDGEC_DEBUG=1`` shows the traceback.
+    """
+
+    exit_code = 4
+
+    def __init__(self, stage: str, before: list[str], cause: BaseException):
+        ran = ", ".join(before) if before else "none"
+        reason = " ".join(str(cause).split())[:400] or "(no message)"
+        super().__init__(
+            f"stage '{stage}' failed (stages before it: {ran}): {type(cause).__name__}: {reason}",
+            hint="if the message names an op, input or option, change that and rebuild; otherwise rerun with "
+            "EDGEC_DEBUG=1 for the traceback and report it",
+        )
+        self.stage = stage
+
+
 ALL_ERRORS: tuple[type[EdgecError], ...] = (
     ConfigError,
     InputFileError,
@@ -92,6 +113,7 @@ ALL_ERRORS: tuple[type[EdgecError], ...] = (
     TargetBuildError,
     TargetUnavailableError,
     GateFailed,
+    StageError,
 )
 
 
@@ -101,16 +123,3 @@ def missing_dependency(package: str, extra: str, purpose: str) -> TargetUnavaila
         f"{purpose} needs the Python package '{package}', which is not installed",
         hint=f"pip install 'edgec[{extra}]' (or: make install)",
     )
-
-
-class StageError(RuntimeError):
-    """A bug: a stage raised something other than an EdgecError.
-
-    Not an EdgecError on purpose: the CLI shows its traceback. The message names the failing stage and
-    the stages that ran before it, so a report says where the pipeline broke.
-    """
-
-    def __init__(self, stage: str, before: list[str], cause: BaseException):
-        ran = ", ".join(before) if before else "none"
-        super().__init__(f"stage '{stage}' failed (stages before it: {ran}): {type(cause).__name__}: {cause}")
-        self.stage = stage

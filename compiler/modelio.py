@@ -92,3 +92,46 @@ def one_torch_thread():
 
 def output_names_for(count: int) -> list[str]:
     return ["output"] if count == 1 else [f"output_{i}" for i in range(count)]
+
+
+def torchscript_to_exported(module: Any, spec: Any, source: str, purpose: str) -> Any:
+    """An ExportedProgram's module equal to a TorchScript ``module``, for tools that trace with torch.export.
+
+    torch's own converter (``TS2EPConverter``) does it; the result is checked against the TorchScript model on
+    two random inputs shaped like ``spec``, and a conversion that fails or disagrees is an ExportError naming
+    the construct.
+    """
+    import torch
+
+    from edgec.compiler.context import quiet_tools
+    from edgec.compiler.errors import ExportError
+
+    feeds = [spec.example_feeds(seed=seed) for seed in (0, 1)]
+    names = spec.input_names
+    args = tuple(torch.from_numpy(v) for v in feeds[0].values())
+    try:
+        from torch._export.converter import TS2EPConverter
+
+        with quiet_tools("torch._export"):
+            exported = TS2EPConverter(module, args).convert()
+    except Exception as exc:
+        reason = " ".join(str(exc).split())[:300] or type(exc).__name__
+        raise ExportError(
+            f"{purpose} needs an ExportedProgram, and torch's TorchScript converter failed on '{source}': "
+            f"{type(exc).__name__}: {reason}",
+            hint="pass the model as an ExportedProgram (torch.export.save) or a state_dict with --model-factory; "
+            "scripted control flow (prim::If, loops) does not convert, a torch.jit.trace of the model often does",
+        ) from None
+    converted = exported.module()
+    for f in feeds:
+        want, got = torch_run(module, f, names), torch_run(converted, f, names)
+        worst = max((float(np.max(np.abs(w.astype(np.float64) - g.astype(np.float64))))
+                     for w, g in zip(want, got) if w.size and np.issubdtype(w.dtype, np.floating)), default=0.0)
+        scale = max((float(np.max(np.abs(w))) for w in want if w.size and np.issubdtype(w.dtype, np.floating)),
+                    default=1.0)
+        if len(want) != len(got) or worst > 1e-4 * max(1.0, scale):
+            raise ExportError(
+                f"torch's TorchScript converter changed what '{source}' computes (largest difference {worst:.3g})",
+                hint="pass the model as an ExportedProgram (torch.export.save) or a state_dict with --model-factory",
+            )
+    return converted

@@ -9,6 +9,9 @@ from typing import Any
 import numpy as np
 
 TWO_GB = 2**31 - 1
+#: The lowest opset edgec's ONNX files have: per-channel QuantizeLinear/DequantizeLinear (their ``axis``
+#: attribute), which every INT8 flavour uses, arrived in opset 13.
+MIN_OPSET = 13
 
 
 def constants_to_initializers(model: Any) -> int:
@@ -159,3 +162,21 @@ def topological_sort(model: Any) -> None:
         pending = rest
     del graph.node[:]
     graph.node.extend(ordered)
+
+
+def opset_of(model: Any) -> int:
+    """The default-domain opset a ModelProto imports (0 when none)."""
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+def raise_opset(model: Any, opset: int = MIN_OPSET) -> tuple[Any, str | None]:
+    """``model`` converted to at least ``opset`` with ONNX's version converter; (model, None), or the
+    unchanged model and why the conversion failed."""
+    import onnx
+
+    if opset_of(model) >= opset:
+        return model, None
+    try:
+        return onnx.version_converter.convert_version(model, opset), None
+    except Exception as exc:
+        return model, f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"

@@ -252,6 +252,8 @@ class ArrayCalibrationSet:
         self.samples = list(samples)
         self.source = source
         self._fingerprint: str | None = None
+        #: input name -> how the source stacked its samples ("batch axis" / "new leading axis"), when known
+        self.readings: dict[str, str] = {}
 
     @property
     def fingerprint(self) -> str:

@@ -110,7 +110,9 @@ class Target(abc.ABC):
         """Raise TargetUnavailableError, with the install hint, when the runtime is missing."""
 
     def reads(self, precision: Precision) -> tuple[str, ...]:
-        """Pipeline values this target needs for ``precision``."""
+        """Pipeline values this target needs for ``precision``: the model, then what ``build`` gets as
+        ``calibration``, then optionally "calibration" again, passed as ``samples`` (a target that needs both
+        the statistics and the raw samples)."""
         if self.consumes == ModelFormat.ONNX:
             return ("onnx", "calibration_stats") if precision == Precision.INT8 else ("onnx",)
         return ("model", "calibration") if precision == Precision.INT8 else ("model",)

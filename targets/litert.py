@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from edgec.compiler.errors import CalibrationError, ConfigError, ExportError, QuantizationError, missing_dependency
+from edgec.compiler.modelio import torchscript_to_exported
 from edgec.compiler.types import CalibrationSet, InputSpec, Precision, TensorSpec
 
 #: The observers that collect INT8 activation ranges; histogram keeps the full logit range (see FIELD_NOTES).
@@ -368,14 +369,14 @@ def _sample_args(spec: InputSpec, in_perm: list) -> tuple:
 
 
 def _calibration_batches(spec: InputSpec, calibration: CalibrationSet, in_perm: list) -> Iterator[tuple]:
-    """Calibration samples as model arguments in the .tflite layout, one row at a time (the graph is fixed at
-    the spec's concrete batch)."""
+    """Calibration samples as model arguments in the .tflite layout, one call per sample (the graph is fixed
+    at the spec's concrete shapes: each input's first axis is its own, a batch of 1 when dynamic or a state's
+    layers when fixed)."""
     import torch
 
-    batch = spec.inputs[0].concrete_shape(1)[0] if spec.inputs and spec.inputs[0].shape else 1
     names = spec.input_names
     for k, sample in enumerate(calibration):
-        arrays = []
+        groups = []
         for i, t in enumerate(spec.inputs):
             arr = _pick(sample, t.name, i, len(names))
             if arr is None:
@@ -389,18 +390,16 @@ def _calibration_batches(spec: InputSpec, calibration: CalibrationSet, in_perm: 
                     f"{t.shape_str()}",
                     hint="lay calibration data out like the model's input (NCHW for images)",
                 )
-            arrays.append(arr)
-        rows = arrays[0].shape[0] if arrays and arrays[0].ndim else 1
-        for start in range(0, rows, batch):
+            rows = t.concrete_shape(1)[0] if t.shape else None
+            parts = [arr[j:j + rows] for j in range(0, arr.shape[0] - rows + 1, rows)] if rows else [arr]
+            groups.append(parts)
+        for call in zip(*groups):
             args = []
-            for arr, t, perm in zip(arrays, spec.inputs, in_perm):
-                part = arr[start:start + batch] if arr.ndim else arr
+            for part, t, perm in zip(call, spec.inputs, in_perm):
                 if perm is not None:
                     part = part.transpose(perm)
-                part = np.ascontiguousarray(part, dtype=t.dtype)
-                args.append(torch.from_numpy(part))
-            if args and args[0].shape[0] == batch:
-                yield tuple(args)
+                args.append(torch.from_numpy(np.ascontiguousarray(part, dtype=t.dtype)))
+            yield tuple(args)
 
 
 def _module_path(node: Any) -> str | None:
@@ -676,11 +675,6 @@ def convert(
             import litert_torch  # noqa: F401
     except ImportError as exc:
         raise missing_dependency(exc.name or "litert-torch", "arm", "converting to TFLite") from None
-    if isinstance(module, (torch.jit.ScriptModule, torch.jit.ScriptFunction)):
-        raise ExportError(
-            f"litert-torch cannot convert the TorchScript model '{source}': it traces with torch.export",
-            hint="pass an ExportedProgram (.pt2) or a state_dict with --model-factory",
-        )
     for t in spec.inputs:
         inner = [(i, d) for i, d in enumerate(t.shape) if i > 0 and not isinstance(d, int)]
         if inner:
@@ -693,6 +687,9 @@ def convert(
                 f"'{dim}' (axis {axis}); only a dynamic batch (axis 0) is fixed at 1",
                 hint=f"declare its size: --input {t.name}:{example}:{t.dtype}, N being the size on the device",
             )
+    if isinstance(module, (torch.jit.ScriptModule, torch.jit.ScriptFunction)):
+        # litert-torch traces with torch.export, which cannot trace TorchScript: convert it first (checked).
+        module = torchscript_to_exported(module, spec, source, "TFLite conversion")
     out = Path(out)
     in_perm, out_perm = _layout_plan(spec, channels_last_io)
     dynamic = {t.name: [d for d in t.shape if not isinstance(d, int)] for t in spec.inputs if t.is_dynamic}

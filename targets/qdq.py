@@ -9,10 +9,12 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import tempfile
 from pathlib import Path
 from typing import Any
 
 from edgec.compiler.errors import QuantizationError, missing_dependency
+from edgec.compiler.onnxutil import MIN_OPSET, opset_of, raise_opset, save_model
 from edgec.compiler.stages.calibrate import ort_method
 from edgec.compiler.types import CalibrationStats
 
@@ -45,9 +47,9 @@ def quantize_qdq(
     level = root.level
     root.setLevel(logging.ERROR)
     try:
-        with contextlib.redirect_stdout(io.StringIO()):
+        with tempfile.TemporaryDirectory(prefix="edgec-qdq-") as tmp, contextlib.redirect_stdout(io.StringIO()):
             quantize_static(
-                str(src),
+                str(_at_min_opset(Path(src), Path(tmp), purpose)),
                 str(out),
                 calibration_data_reader=None,
                 quant_format=QuantFormat.QDQ,
@@ -62,10 +64,33 @@ def quantize_qdq(
                 calibration_cache_path=str(stats.path),
                 extra_options=extra or {},
             )
+    except QuantizationError:
+        raise
     except Exception as exc:
         raise QuantizationError(
-            f"{purpose} of '{src.name}' failed: {' '.join(str(exc).split())[:300]}",
+            f"{purpose} of '{Path(src).name}' failed: {' '.join(str(exc).split())[:300]}",
             hint="try --calibration-method minmax, or build fp32/fp16 only",
         ) from None
     finally:
         root.setLevel(level)
+
+
+def _at_min_opset(src: Path, tmp: Path, purpose: str) -> Path:
+    """``src``, or a copy raised to MIN_OPSET: per-channel Q/DQ (the ``axis`` attribute) needs opset 13, and
+    ONNX Runtime refuses a per-channel QDQ file at the opset 11/12 that paddle2onnx and older exporters write
+    (``InvalidGraph ... bias_DequantizeLinear``)."""
+    import onnx
+
+    model = onnx.load(str(src))
+    if opset_of(model) >= MIN_OPSET:
+        return src
+    raised, failed = raise_opset(model)
+    if failed is not None:
+        raise QuantizationError(
+            f"{purpose} of '{src.name}' needs opset {MIN_OPSET} or later (per-channel int8 weights); the file "
+            f"has opset {opset_of(model)} and ONNX's version converter failed: {failed}",
+            hint=f"re-export the model at opset {MIN_OPSET} or later, or build fp32/fp16 only",
+        )
+    path = tmp / src.name
+    save_model(raised, path)
+    return path

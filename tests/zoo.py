@@ -49,7 +49,7 @@ def paddle_style_onnx(path: Path, classes: int = 2, seed: int = 0) -> Path:
         return name
 
     def conv_bn_act(x: str, cin: int, cout: int, k: int, stride: int, group: int, tag: str) -> str:
-        w = rng.standard_normal((cout, cin // group, k, k)).astype(np.float32) * np.sqrt(2.0 / (cin // group * k * k))
+        w = (rng.standard_normal((cout, cin // group, k, k)) * np.sqrt(2.0 / (cin // group * k * k))).astype(np.float32)
         nodes.append(helper.make_node(
             "Conv", [x, const(f"{tag}_weights", w)], [f"{tag}.tmp_0"], kernel_shape=[k, k],
             strides=[stride, stride], pads=[k // 2] * 4, group=group,
@@ -87,7 +87,7 @@ def paddle_style_onnx(path: Path, classes: int = 2, seed: int = 0) -> Path:
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)], producer_name="PaddlePaddle")
     model.ir_version = 7
-    onnx.checker.check_model(model)
+    onnx.checker.check_model(model, full_check=True)
     onnx.save(model, str(path))
     return path
 

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from edgec.compiler.context import BuildContext
+from edgec.compiler.context import BuildContext, quiet_tools
 from edgec.compiler.errors import CheckpointError, ConfigError, InputFileError, missing_dependency
 from edgec.compiler.modelio import flatten_outputs, import_callable, one_torch_thread, output_names_for, torch_run
 from edgec.compiler.stage import Stage
@@ -104,7 +104,8 @@ def load_checkpoint(
     exported = None
     if fmt == "exported-program":
         try:
-            ep = torch.export.load(str(path))
+            with quiet_tools():  # torch logs its own traceback of a corrupt archive before raising
+                ep = torch.export.load(str(path))
         except Exception as exc:
             raise _corrupt(path, exc) from None
         module = ep.module()
@@ -113,7 +114,8 @@ def load_checkpoint(
         names = _exported_program_input_names(ep)
     elif fmt == "torchscript":
         try:
-            module = torch.jit.load(str(path), map_location="cpu")
+            with quiet_tools():
+                module = torch.jit.load(str(path), map_location="cpu")
         except Exception as exc:
             raise _corrupt(path, exc) from None
         names = None

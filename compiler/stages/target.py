@@ -42,6 +42,8 @@ class TargetStage(Stage):
     def run(self, inputs: dict[str, Any], out_dir: Path, ctx: BuildContext) -> list[Artifact]:
         model = inputs[self.reads[0]]
         calibration = inputs[self.reads[1]] if len(self.reads) > 1 else None
+        if len(self.reads) > 2:  # the raw calibration samples besides the statistics (see Target.reads)
+            return self.target.build(model, self.precision, calibration, out_dir, samples=inputs[self.reads[2]])
         return self.target.build(model, self.precision, calibration, out_dir)
 
     def save(self, value: list[Artifact], out_dir: Path) -> dict[str, Any]:

@@ -92,10 +92,13 @@ def plan_build(recipe: Recipe) -> _Plan:
                 raise ConfigError(f"target '{name}' does not support {p.value}", hint=hint)
         cls.check_available()
         if cls.consumes == ModelFormat.TORCH and detect_format(checkpoint) == "onnx":
+            # No ONNX -> TFLite route converted enough real files to ship (onnx2torch 0 of 11, onnx2tf 4-9 of 11
+            # with 1-2 full-integer): see the README's "ONNX checkpoints and the arm/mcu targets".
             raise ConfigError(
-                f"target '{name}' converts PyTorch models (litert-torch), but '{checkpoint}' is an ONNX file",
-                hint="pass the PyTorch checkpoint (.pt2, or a state_dict with --model-factory), or use an ONNX "
-                     "target (cpu, jetson, gpu)",
+                f"target '{name}' converts PyTorch models (litert-torch), but '{checkpoint}' is an ONNX file, and "
+                "edgec has no ONNX-to-TFLite converter it can verify",
+                hint="pass the PyTorch checkpoint (.pt2, TorchScript, or a state_dict with --model-factory), or use "
+                "an ONNX target (cpu, jetson, gpu)",
             )
         values = {**profile.options, **recipe.target_options.get(profile.backend, {})}
         target = cls(parse_options(cls.Options, values, f"backend '{profile.backend}'"))
@@ -339,6 +342,8 @@ def _manifest(recipe, plan, ckpt_sha, fmt, onnx_model, calibration, pipeline, ar
     calib_info = None
     if calibration is not None:
         calib_info = {"source": str(recipe.calib), "samples": len(calibration), "sha256": calibration.fingerprint}
+        if getattr(calibration, "readings", None):
+            calib_info["samples_stacked_on"] = calibration.readings
         stats = records.get("calibration_stats")
         if stats is not None:
             calib_info["method"] = recipe.calibration_method

@@ -11,6 +11,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from edgec.compiler.errors import ConfigError, InputFileError
 from edgec.compiler.types import Artifact, InputSpec
 
@@ -29,40 +31,109 @@ def sidecar_name(precision: str) -> str:
     return f"model.{precision}.engine.json"
 
 
+def observed_shapes(samples: Any) -> dict[str, list[tuple[int, ...]]]:
+    """The shape of every input in every sample of a calibration set (empty without one)."""
+    seen: dict[str, list[tuple[int, ...]]] = {}
+    for sample in samples or ():
+        for name, arr in sample.items():
+            seen.setdefault(name, []).append(tuple(np.shape(arr)))
+    return seen
+
+
+def _sizes(values: Any, key: str) -> tuple[int, int, int]:
+    """[min, opt, max] (or one size) from ``dynamic_dims``, checked."""
+    values = [values] if isinstance(values, int) else list(values) if isinstance(values, (list, tuple)) else values
+    if (
+        not isinstance(values, list) or len(values) not in (1, 3)
+        or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values)
+        or sorted(values) != values
+    ):
+        raise ConfigError(
+            f"dynamic_dims['{key}'] must be [min, opt, max] positive integers in order (or one size), not {values!r}",
+            hint=f"e.g. target_options: {{tensorrt: {{dynamic_dims: {{{key}: [1, 8, 16]}}}}}}",
+        )
+    return (values[0], values[0], values[0]) if len(values) == 1 else (values[0], values[1], values[2])
+
+
+def _override_keys(spec: InputSpec, dims: dict[str, Any]) -> dict[tuple[str, int], tuple[tuple[int, int, int], str]]:
+    """``dynamic_dims`` keyed per (input, axis): ``INPUT.AXIS`` keys (``x.2``), or an axis name (``seq``) for
+    every axis of that name. An unknown key is an error listing the keys that would work."""
+    by_position = {(t.name, a): d for t in spec.inputs for a, d in enumerate(t.shape) if not isinstance(d, int)}
+    out: dict[tuple[str, int], tuple[tuple[int, int, int], str]] = {}
+    for key, values in dims.items():
+        key = str(key)
+        name, _, axis = key.rpartition(".")
+        if name and axis.isdigit() and (name, int(axis)) in by_position:
+            out[(name, int(axis))] = (_sizes(values, key), f"dynamic_dims {key}")
+            continue
+        named = [pos for pos, d in by_position.items() if str(d) == key]
+        if not named:
+            valid = ", ".join(f"{n}.{a}" for n, a in by_position) or "none: the model has no dynamic axes"
+            raise ConfigError(f"dynamic_dims names '{key}', which is not a dynamic axis of the model",
+                              hint=f"use INPUT.AXIS keys: {valid}")
+        for pos in named:
+            out.setdefault(pos, (_sizes(values, key), f"dynamic_dims {key}"))
+    return out
+
+
 def optimization_profile(
-    spec: InputSpec, min_batch: int, opt_batch: int, max_batch: int, dynamic_dims: dict[str, Any] | None
-) -> dict[str, dict[str, list[int]]]:
-    """min/opt/max shapes per dynamic input: axis 0 from the batch options, other named axes from dynamic_dims."""
+    spec: InputSpec, min_batch: int, opt_batch: int, max_batch: int, dynamic_dims: dict[str, Any] | None,
+    declared: InputSpec | None = None, seen: dict[str, list[tuple[int, ...]]] | None = None,
+) -> tuple[dict[str, dict[str, list[int]]], dict[str, list[str]]]:
+    """min/opt/max shapes per dynamic input of ``spec`` (the ONNX file's own dims), and where each axis's sizes
+    came from.
+
+    Per dynamic axis, the first that applies: ``dynamic_dims`` (``INPUT.AXIS`` or an axis name); the batch
+    options for axis 0; the size ``--input`` declared (``declared``); the calibration samples' sizes (``seen``:
+    the size when there is one, else min / most common / max). Otherwise a ConfigError with a hint to paste.
+    """
     if not 1 <= min_batch <= opt_batch <= max_batch:
         raise ConfigError(
             f"batch sizes must satisfy 1 <= min_batch <= opt_batch <= max_batch (got {min_batch}, {opt_batch}, "
             f"{max_batch})"
         )
-    dims = dynamic_dims or {}
-    profile = {}
+    overrides = _override_keys(spec, dynamic_dims or {})
+    declared_by_name = {t.name: t for t in declared.inputs} if declared is not None else {}
+    profile, sources = {}, {}
     for t in spec.inputs:
         if not t.is_dynamic:
             continue
         sizes: list[tuple[int, int, int]] = []
+        why: list[str] = []
         for axis, d in enumerate(t.shape):
+            given = declared_by_name.get(t.name)
+            given_size = given.shape[axis] if given is not None and len(given.shape) == len(t.shape) else None
+            observed = sorted({s[axis] for s in (seen or {}).get(t.name, []) if len(s) == len(t.shape)})
             if isinstance(d, int):
                 sizes.append((d, d, d))
-            elif str(d) in dims:
-                values = list(dims[str(d)])
-                if len(values) != 3 or not all(isinstance(v, int) and v > 0 for v in values) or sorted(values) != values:
-                    raise ConfigError(
-                        f"dynamic_dims['{d}'] must be [min, opt, max] positive integers in order, not {values!r}"
-                    )
-                sizes.append((values[0], values[1], values[2]))
+                why.append("fixed")
+            elif (t.name, axis) in overrides:
+                size, source = overrides[(t.name, axis)]
+                sizes.append(size)
+                why.append(source)
             elif axis == 0:
                 sizes.append((min_batch, opt_batch, max_batch))
+                why.append("batch options")
+            elif isinstance(given_size, int):
+                sizes.append((given_size, given_size, given_size))
+                why.append("--input")
+            elif observed:
+                counts = [s[axis] for s in seen[t.name] if len(s) == len(t.shape)]
+                common = max(observed, key=counts.count)
+                sizes.append((observed[0], common, observed[-1]))
+                why.append("calibration samples")
             else:
+                example = "x".join(str(x) if isinstance(x, int) else "1" if i == 0 else "SIZE"
+                                   for i, x in enumerate(t.shape))
                 raise ConfigError(
                     f"input '{t.name}' has the dynamic axis {axis} ('{d}'), and TensorRT needs its min/opt/max sizes",
-                    hint=f"set target_options: {{tensorrt: {{dynamic_dims: {{{d}: [MIN, OPT, MAX]}}}}}} in the recipe",
+                    hint=f"pass --input {t.name}:{example} (the size the device will see) or --calib samples, or "
+                    f"set target_options: {{tensorrt: {{dynamic_dims: {{{t.name}.{axis}: [MIN, OPT, MAX]}}}}}} in "
+                    "the recipe",
                 )
         profile[t.name] = {key: [s[k] for s in sizes] for k, key in enumerate(("min", "opt", "max"))}
-    return profile
+        sources[t.name] = why
+    return profile, sources
 
 
 def bundle_dict(folder: Path, artifacts: list[Artifact]) -> dict[str, Any]:
@@ -78,6 +149,8 @@ def bundle_dict(folder: Path, artifacts: list[Artifact]) -> dict[str, Any]:
         entry: dict[str, Any] = {"name": t.name, "dtype": t.dtype, "shape": list(t.shape), "layout": t.layout}
         if t.name in profile:
             entry.update(profile[t.name])
+            if t.name in meta.get("profile_sources", {}):
+                entry["profile_from"] = meta["profile_sources"][t.name]
         inputs.append(entry)
     precisions = {}
     for a in ours:

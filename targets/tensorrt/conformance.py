@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 
 from edgec.compiler.errors import TargetBuildError
+from edgec.compiler.onnxutil import MIN_OPSET
 
-MIN_OPSET = 13
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 RULES = (
     "opset", "int8", "zero-point", "int32-bias", "constant-scale", "per-tensor-activation",

@@ -12,13 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from edgec.compiler.errors import QuantizationError, missing_dependency
-from edgec.compiler.onnxutil import save_model
+from edgec.compiler.onnxutil import MIN_OPSET, opset_of, save_model
 from edgec.compiler.types import CalibrationStats
 from edgec.targets.qdq import quantize_qdq
 from edgec.targets.tensorrt.fp16 import name_nodes
 
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
-MIN_OPSET = 13
 
 
 def constant_names(model: Any) -> set[str]:
@@ -45,10 +44,7 @@ def quantize_tensorrt(src: Path, out: Path, stats: CalibrationStats, per_channel
     except ImportError:
         raise missing_dependency("onnx", "onnx", "INT8 quantization for TensorRT") from None
     model = onnx.load(str(src))
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
-    if opset < MIN_OPSET:
-        # Per-channel QuantizeLinear/DequantizeLinear (the axis attribute) arrived in opset 13.
-        model = onnx.version_converter.convert_version(model, MIN_OPSET)
+    opset = opset_of(model)
     name_nodes(model)
     selected = nodes_to_quantize(model)
     if not selected:

@@ -13,7 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from edgec.compiler.errors import QuantizationError, TargetBuildError
-from edgec.compiler.types import Artifact, CalibrationStats, InputSpec, ModelFormat, OnnxModel, Precision, sha256_file
+from edgec.compiler.stages.load import onnx_spec
+from edgec.compiler.types import (
+    Artifact, CalibrationSet, CalibrationStats, InputSpec, ModelFormat, OnnxModel, Precision, sha256_file,
+)
 from edgec.targets.base import Runner, Target, require_packages
 from edgec.targets.tensorrt import bundle as bundle_mod
 from edgec.targets.tensorrt import conformance, devices, lint
@@ -79,15 +82,20 @@ class TensorRTTarget(Target):
         devices.check_dla_request(self.facts, opts.dla_core, self.majors)
 
     def reads(self, precision: Precision) -> tuple[str, ...]:
-        # FP16 reads the raw calibration set (None without --calib), which the pipeline always has: the
-        # statistics exist only when INT8 was asked for, and clipped percentile/entropy ranges would hide
-        # the peaks that overflow FP16 anyway.
-        if precision == Precision.FP16:
-            return ("onnx", "calibration")
-        return super().reads(precision)
+        # Every precision also reads the raw calibration set (None without --calib): its shapes size the
+        # optimization profile's dynamic axes, and FP16 checks its activation peaks (the statistics exist only
+        # when INT8 was asked for, and clipped percentile/entropy ranges would hide the peaks anyway).
+        if precision == Precision.INT8:
+            return ("onnx", "calibration_stats", "calibration")
+        return ("onnx", "calibration")
 
-    def build(self, model: OnnxModel, precision: Precision, calibration: Any, out_dir: Path) -> list[Artifact]:
+    def build(self, model: OnnxModel, precision: Precision, calibration: Any, out_dir: Path,
+              samples: CalibrationSet | None = None) -> list[Artifact]:
+        import onnx
+
         opts = self.options
+        if precision != Precision.INT8:
+            samples = calibration
         out = out_dir / f"model.{precision.value}.onnx"
         unsupported = lint.unsupported_nodes(model.path)  # before any conversion: fail fast
         if unsupported:
@@ -97,8 +105,9 @@ class TensorRTTarget(Target):
                 f"'{model.path.name}' has ops TensorRT's ONNX parser does not support: {listed}{more}",
                 hint="replace them in the model (or export them differently), or build for --target cpu",
             )
-        profile = bundle_mod.optimization_profile(
-            model.spec, opts.min_batch, opts.opt_batch, opts.max_batch, opts.dynamic_dims
+        profile, sources = bundle_mod.optimization_profile(
+            onnx_spec(onnx.load(str(model.path), load_external_data=False)), opts.min_batch, opts.opt_batch,
+            opts.max_batch, opts.dynamic_dims, declared=model.spec, seen=bundle_mod.observed_shapes(samples),
         )
         meta: dict[str, Any] = {
             "runtime": "tensorrt",
@@ -106,6 +115,7 @@ class TensorRTTarget(Target):
             "device_facts": self.facts.to_dict(),
             "tensorrt_majors": list(self.majors),
             "optimization_profile": profile,
+            "profile_sources": sources,
             "dla": self._dla(precision, profile),
             "engine": bundle_mod.engine_name(precision.value),
         }

@@ -119,7 +119,7 @@ def test_npy_with_multi_input_model(tmp_path):
     assert str(path) in str(e.value)
 
 
-@pytest.mark.parametrize("shape", [(200, 24, 24), (200, 3, 24, 25), (200, 1, 3, 24, 24)])
+@pytest.mark.parametrize("shape", [(200, 24, 24), (200, 3, 24, 25), (200, 2, 3, 24, 24)])
 def test_wrong_shape_names_file_input_expected_and_found(tmp_path, shape):
     path = tmp_path / "bad.npz"
     np.savez(path, x=np.zeros(shape, np.float32))
@@ -309,3 +309,39 @@ def test_preprocess_is_ignored_for_arrays_but_still_checked(npz_200):
     assert len(load_dataset(npz_200, IMG, preprocess={"mean": [0.5, 0.5, 0.5]})) == 200
     with pytest.raises(ConfigError, match="'means'"):
         load_dataset(npz_200, IMG, preprocess={"means": [0.5]})
+
+
+def test_samples_on_a_new_leading_axis(tmp_path):
+    """[N, 1, 3, 24, 24] holds N samples of a 1x3x24x24 input, one per [i]; the reading is recorded."""
+    path = tmp_path / "new_axis.npz"
+    np.savez(path, x=indexed(5)[:, None])
+    ds = load_dataset(path, IMG)
+    assert len(ds) == 5 and ds.samples[3]["x"].shape == (1, 3, 24, 24)
+    assert ds.samples[3]["x"][0, 0, 0, 0] == indexed(5)[3, 0, 0, 0]
+    assert ds.readings == {"x": "new leading axis"}
+    assert load_dataset(tmp_path / "new_axis.npz", IMG).readings["x"] != "batch axis"
+
+
+def test_state_input_without_batch_axis(tmp_path):
+    """A recurrent state [2, 1, 128] (two layers, not a batch): N states stack as [N, 2, 1, 128]; the old
+    layout [2N, 1, 128] (pairs of rows) reads the same samples; [N, 2, 128] fits neither reading and is refused
+    with a hint that keeps the layers together; one state [2, 1, 128] alone is one sample."""
+    spec = spec_of(TensorSpec("x", (1, 576)), TensorSpec("state", (2, 1, 128)))
+    rng = np.random.default_rng(0)
+    x, state = rng.random((6, 576), dtype=np.float32), rng.random((6, 2, 1, 128), dtype=np.float32)
+    np.savez(tmp_path / "d.npz", x=x, state=state)
+    ds = load_dataset(tmp_path / "d.npz", spec)
+    assert len(ds) == 6 and ds.readings == {"x": "batch axis", "state": "new leading axis"}
+    np.testing.assert_array_equal(ds.samples[4]["state"], state[4])
+    np.testing.assert_array_equal(ds.samples[4]["x"], x[4:5])
+    np.savez(tmp_path / "rows.npz", x=x, state=state.reshape(12, 1, 128))
+    rows = load_dataset(tmp_path / "rows.npz", spec)
+    assert rows.readings["state"] == "batch axis"
+    np.testing.assert_array_equal(rows.samples[4]["state"], state[4])
+    np.savez(tmp_path / "bad2.npz", x=x, state=state[:, :, 0])
+    with pytest.raises(CalibrationError) as e:
+        load_dataset(tmp_path / "bad2.npz", spec)
+    assert e.value.hint.startswith("reshape the data for input 'state' to Nx2x1x128")
+    assert "Nx2x1x128" in e.value.message and "Nx1x128" in e.value.message
+    np.savez(tmp_path / "one.npz", x=x[:1], state=state[0])
+    assert len(load_dataset(tmp_path / "one.npz", spec)) == 1

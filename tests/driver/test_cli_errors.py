@@ -145,3 +145,34 @@ def test_missing_runtime(tmp_path, tiny, edgec_cli):
 def test_bench_without_a_build(tmp_path):
     result = CliRunner().invoke(cli, ["bench", str(tmp_path), "--data", "x.npz"])
     _assert_user_error(result, None, 3, "manifest.json")
+
+
+def test_corrupt_checkpoint_prints_only_edgec_lines(tmp_path, tiny, edgec_cli):
+    """torch logs its own traceback of a corrupt archive before raising; the user sees edgec's lines only."""
+    bad = tmp_path / "bad.pt2"
+    bad.write_bytes((tiny / "tiny.pt2").read_bytes()[:3000])
+    done = edgec_cli("-q", "build", bad, "--target", "cpu", "--out", tmp_path / "out")
+    assert done.returncode == 3
+    assert "Traceback" not in done.stderr
+    assert [line.split(":")[0] for line in done.stderr.strip().splitlines()] == ["error", "hint"], done.stderr
+
+
+def test_a_failing_stage_is_one_error_line(tmp_path, monkeypatch):
+    """An exception from inside a stage (a third-party tool's, or a bug) ends in an error line and exit 4,
+    naming the stage; EDGEC_DEBUG=1 adds the traceback."""
+    import edgec.targets.onnxruntime.target as ort_target
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the runtime refused the file")
+
+    monkeypatch.setattr(ort_target, "fusion_report", broken)
+    path = tmp_path / "m.onnx"
+    zoo_models.onnx_with_constant_weights(path)
+    np.savez(tmp_path / "c.npz", x=np.random.default_rng(0).random((4, 1, 8, 8), dtype=np.float32))
+    args = ["build", path, "--target", "cpu", "-p", "int8", "--calib", tmp_path / "c.npz"]
+    result, out = _run(args, tmp_path)
+    _assert_user_error(result, out, 4, "stage 'cpu/int8' failed", "RuntimeError: the runtime refused the file",
+                       "EDGEC_DEBUG=1")
+    monkeypatch.setenv("EDGEC_DEBUG", "1")
+    result = CliRunner().invoke(cli, [*map(str, args), "--out", str(tmp_path / "out2")])
+    assert result.exit_code == 4 and "Traceback" in result.output

@@ -307,12 +307,34 @@ def test_unlowerable_op_names_the_aten_op_and_module(tmp_path):
     assert info.value.hint
 
 
-def test_torchscript_is_refused(tmp_path):
+def test_torchscript_converts_through_torchs_converter(tmp_path):
+    """A TorchScript-only model goes through torch's TS2EPConverter (checked against TorchScript) to TFLite."""
     ckpt = tmp_path / "m.pt"
-    torch.jit.script(zoo_models.tiny_cnn().eval()).save(str(ckpt))
-    with pytest.raises(ExportError, match="TorchScript"):
-        loaded = load_checkpoint(ckpt, (TensorSpec.parse("x:1x1x8x8"),))
+    model = zoo_models.tiny_cnn().eval()
+    torch.jit.script(model).save(str(ckpt))
+    loaded = load_checkpoint(ckpt, (TensorSpec.parse("x:1x1x8x8"),))
+    (art,) = TFLiteTarget().build(loaded, Precision.FP32, None, tmp_path)
+    x = np.random.default_rng(0).random((1, 1, 8, 8), dtype=np.float32)
+    with TFLiteTarget().open(art) as runner:
+        got = list(runner.infer({"x": x}).values())[0]
+    np.testing.assert_allclose(got, model(torch.from_numpy(x)).detach().numpy(), atol=1e-5)
+
+
+class _Branchy(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.sum() > 0:
+            return x * 2
+        return x - 1
+
+
+def test_torchscript_with_control_flow_is_refused_naming_the_construct(tmp_path):
+    ckpt = tmp_path / "m.pt"
+    torch.jit.script(_Branchy()).save(str(ckpt))
+    loaded = load_checkpoint(ckpt, (TensorSpec.parse("x:1x4"),))
+    # torch's converter turns the data-dependent `if` into torch.cond, which litert-torch cannot lower.
+    with pytest.raises(ExportError, match="cannot lower the op cond") as info:
         TFLiteTarget().build(loaded, Precision.FP32, None, tmp_path)
+    assert "--target cpu" in info.value.hint
 
 
 def test_int8_without_calibration_writes_nothing(tiny, tmp_path):

@@ -6,6 +6,7 @@ else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from pathlib import Path
@@ -45,6 +46,10 @@ class EdgecGroup(click.Group):
         try:
             return super().invoke(ctx)
         except EdgecError as exc:
+            if os.environ.get("EDGEC_DEBUG") and exc.__cause__ is not None:
+                import traceback
+
+                traceback.print_exception(exc.__cause__, file=sys.stderr)
             click.echo(f"error: {exc.message}", err=True)
             if exc.hint:
                 click.echo(f"hint: {exc.hint}", err=True)

@@ -103,3 +103,9 @@ def build(ctx: click.Context, checkpoint, target, precision, calib, calib_sample
             if fusion["float"]:
                 note += f" (left in float: {', '.join(fusion['float_nodes'][:5])})"
         click.echo(f"{art.path.relative_to(result.out)}  {art.path.stat().st_size / 1024:.1f} KiB{note}")
+        for name, shapes in art.metadata.get("optimization_profile", {}).items():
+            sources = art.metadata.get("profile_sources", {}).get(name, [])
+            derived = sorted({s for s in sources if s != "fixed"})
+            dims = {k: "x".join(map(str, v)) for k, v in shapes.items()}
+            click.echo(f"  optimization profile {name}: min {dims['min']}, opt {dims['opt']}, max {dims['max']}"
+                       f" (from {', '.join(derived)})")
