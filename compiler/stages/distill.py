@@ -2,8 +2,10 @@
 
 The loss is the KL divergence between temperature-softened outputs (scaled by T², as in Hinton et al.), plus
 cross-entropy on hard labels when labels are given, plus an optional feature loss (MSE between named layers'
-outputs, through a learned 1x1 projection when the student is narrower). Outputs with class scores on axis 1
-(what torch.nn.CrossEntropyLoss reads) are softened; other outputs are matched with MSE.
+outputs, through a learned 1x1 projection when the student is narrower). The class outputs are softened (see
+``prune.ClassOutputs``: the one the labels fit, Softmax outputs through their logarithm, else the first with
+class scores on axis 1); other outputs, such as a detector's box and landmark regressions, are matched with MSE.
+The hard-label loss and the held-out accuracy use the output the labels fit, not necessarily the first.
 
 A held-out split of the training data (``val_fraction``) decides: after every epoch the student's top-1
 agreement with the teacher on it is measured; the best student is kept (the one before training counts),
@@ -33,9 +35,9 @@ from edgec.compiler.stages.prune import (
     MODEL_FILE,
     PrunedModel,
     _torch,
+    class_outputs,
     count_macs_params,
     example_args,
-    is_logits,
     is_plain_module,
     rebuild_pruned,
     save_torch_model,
@@ -211,10 +213,11 @@ class DistillStage(Stage):
         labels = getattr(data, "labels", None)
         y = torch.from_numpy(np.asarray(labels)).long() if labels is not None and self.hard_weight else None
         t_outs = self._infer(teacher, xs, spec)
-        if y is not None and not is_logits(t_outs[0]):
+        classes = class_outputs(t_outs, labels)
+        if y is not None and classes.labelled is None:
             raise ConfigError(
-                "the hard-label loss needs class scores on axis 1 of the first output, "
-                f"but it has shape {list(t_outs[0].shape)}",
+                f"the hard-label loss needs an output with class scores on axis 1 for the labels (classes "
+                f"{int(y.min())}..{int(y.max())}), but the outputs have shapes {[list(t.shape) for t in t_outs]}",
                 hint="pass --hard-label-weight 0",
             )
 
@@ -237,13 +240,14 @@ class DistillStage(Stage):
 
         def score(model: Any) -> tuple[float, float | None]:
             outs = self._infer(model, val_x, spec, trainable=True)
-            if is_logits(val_t[0]):
-                agree = float((outs[0].argmax(1) == val_t[0].argmax(1)).float().mean() * 100)
+            k = classes.main
+            if k is not None:
+                agree = float((outs[k].argmax(1) == val_t[k].argmax(1)).float().mean() * 100)
             else:
                 agree = -float(F.mse_loss(outs[0], val_t[0]))
             acc = None
-            if val_y is not None and is_logits(outs[0]):
-                acc = float((outs[0].argmax(1) == val_y).float().mean() * 100)
+            if val_y is not None and classes.labelled is not None:
+                acc = float((outs[classes.labelled].argmax(1) == val_y).float().mean() * 100)
             return agree, acc
 
         start_agree, start_acc = score(student)
@@ -271,16 +275,18 @@ class DistillStage(Stage):
                 batch = [x[idx] for x in xs]
                 s_outs = flatten_outputs(student(*batch)) if features is None else features.student_run(batch)
                 loss = 0.0
-                for s, t in zip(s_outs, t_outs):
+                for k, (s, t) in enumerate(zip(s_outs, t_outs)):
                     t = t[idx]
-                    if is_logits(t):
+                    if k in classes:
+                        s, t = classes.logits(k, s), classes.logits(k, t)
                         soft = F.kl_div(F.log_softmax(s / T, 1), F.log_softmax(t / T, 1), reduction="none",
                                         log_target=True).sum(1).mean() * (T * T)
                     else:
                         soft = F.mse_loss(s, t)
                     loss = loss + (1.0 - w_hard) * soft
                 if w_hard:
-                    loss = loss + w_hard * F.cross_entropy(s_outs[0], y[idx])
+                    k = classes.labelled
+                    loss = loss + w_hard * F.cross_entropy(classes.logits(k, s_outs[k]), y[idx])
                 if features is not None:
                     loss = loss + opts.feature_weight * features.loss(batch)
                 optimizer.zero_grad(set_to_none=True)

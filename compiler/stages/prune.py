@@ -1,11 +1,17 @@
 """PruneStage: structured (channel) pruning of a torch model with torch-pruning's DepGraph.
 
 torch-pruning traces the model once and groups the layers whose channels must go together (a convolution,
-its BatchNorm, the inputs of the layers after it, every branch of a residual sum); edgec does not track
-dependencies itself. It picks the importance criterion, keeps the output layers and the protected layers
+its BatchNorm or PReLU, the inputs of the layers after it, every branch of a residual sum); edgec does not
+track dependencies itself. It picks the importance criterion, keeps the output layers and the protected layers
 intact, prunes to a fraction of channels or iterates until a MAC budget is met, and records params and
 MACs before and after. A structure torch-pruning cannot prune is left alone with a line in the report; a
-model it cannot trace, or one that no longer runs after pruning, is refused with an error naming the module.
+model it cannot trace, one it fails on, or one that no longer runs after pruning, is refused with an error
+naming the module.
+
+Two things edgec adds to torch-pruning's graph: the output layers are found on it by walking back from each
+output through everything that is not a prunable layer (a head behind a Softmax or a flatten is an output
+layer too), and a flatten that a permute made channels-last (NCHW -> NHWC before a Linear, as in MTCNN) gets
+the index mapping that says which Linear columns each channel feeds: torch-pruning assumes channels first.
 
 The pruned model is kept three ways in the stage's folder: an ExportedProgram (``model.pt2``, exact, what
 export and every target consume), its weights (``weights.pt``) and the layer attributes pruning changed
@@ -168,32 +174,129 @@ def _prunable_types() -> tuple[type, ...]:
             nn.Linear, nn.MultiheadAttention, nn.LSTM)
 
 
-def output_layers(module: Any, args: tuple) -> list[str]:
-    """The prunable layers that produce the model's outputs; pruning their output channels would change the
-    output shapes. Found by a forward pass: a layer whose output shares storage with a model output (the
-    output itself, or a view such as flatten); failing that, the last prunable layer to run."""
-    torch = _torch()
-    types = _prunable_types()
-    produced: list[tuple[str, set[int]]] = []
-    handles = []
-    for name, sub in module.named_modules():
-        if name and isinstance(sub, types):
-            def hook(mod: Any, a: Any, out: Any, name: str = name) -> None:
-                ptrs = {t.untyped_storage().data_ptr() for t in flatten_outputs(out) if isinstance(t, torch.Tensor)}
-                produced.append((name, ptrs))
+def trace_graph(module: Any, args: tuple) -> tuple[Any, list[Any]]:
+    """torch-pruning's dependency graph of ``module`` and the outputs of the forward pass that traced it."""
+    tp = _torch_pruning()
+    outs: list[Any] = []
 
-            handles.append(sub.register_forward_hook(hook))
-    try:
-        with torch.no_grad():
-            outs = module(*args)
-    finally:
-        for h in handles:
-            h.remove()
-    wanted = {t.untyped_storage().data_ptr() for t in flatten_outputs(outs) if isinstance(t, torch.Tensor)}
-    found = list(dict.fromkeys(name for name, ptrs in produced if ptrs & wanted))
-    if not found and produced:
-        found = [produced[-1][0]]
+    def forward(model: Any, inputs: tuple) -> Any:
+        out = model(*inputs)
+        outs.extend(flatten_outputs(out))
+        return out
+
+    graph = tp.DependencyGraph().build_dependency(module, args, forward_fn=forward, verbose=False)
+    return graph, outs
+
+
+def output_layers(module: Any, graph: Any, outs: list[Any]) -> list[list[str]]:
+    """Per model output, the prunable layers that produce it: pruning their output channels would change the
+    output's shape. Found on torch-pruning's graph by walking back from the output through everything that is
+    not itself a prunable layer (Softmax, activations, normalisation, pooling, reshape/permute/flatten, concat,
+    sums), so a head behind a Softmax or a flatten is found as well as one that is the output itself."""
+    types = _prunable_types()
+    order = {sub: i for i, (_, sub) in enumerate(module.named_modules())}
+    names = {sub: name for name, sub in module.named_modules()}
+    by_grad_fn = {node.grad_fn: node for node in graph.module2node.values() if node.grad_fn is not None}
+    found = []
+    for out in outs:
+        start = by_grad_fn.get(getattr(out, "grad_fn", None))
+        stack, seen, layers = ([start] if start is not None else []), set(), set()
+        while stack:
+            node = stack.pop()
+            if node in seen:
+                continue
+            seen.add(node)
+            if isinstance(node.module, types) and node.module in names:
+                layers.add(node.module)
+            else:
+                stack.extend(node.inputs)
+        found.append([names[m] for m in sorted(layers, key=order.__getitem__)])
     return found
+
+
+# Ops that keep every element where it is relative to the channel axis, between a permute and a flatten.
+_LAYOUT_KEEPING = ("Clone", "Relu", "LeakyRelu", "Elu", "Gelu", "Silu", "Sigmoid", "Tanh", "Hardswish",
+                   "Hardsigmoid", "Hardtanh")
+
+
+class _PermutedFlattenMapping:
+    """torch-pruning's index mapping across ``x.permute(...).flatten(1)`` where the permute moves the channel
+    axis away from axis 1 (MTCNN's NCHW -> NHWC before a Linear).
+
+    torch-pruning treats the permute as element-wise and maps channel c to the flat block
+    ``[c * HW, (c + 1) * HW)``, right only for a channels-first flatten: it removes the wrong Linear columns
+    (or fails). With ``outer`` axes before the channel axis and ``inner`` after it, channel c is at
+    ``o * C * inner + c * inner + i``. C shrinks as pruning goes on, so it is read from the graph on each call.
+    """
+
+    def __init__(self, outer: int, inner: int, channels: Any, reverse: bool):
+        self.outer, self.inner, self.channels, self.reverse = outer, inner, channels, reverse
+
+    def __call__(self, idxs: list) -> list:
+        if not idxs:
+            return []
+        hybrid = type(idxs[0])  # torch-pruning's (index, root index) pair
+        count = self.channels()
+        if self.reverse:
+            return list(dict.fromkeys(hybrid((i.idx // self.inner) % count, i.root_idx) for i in idxs))
+        block = count * self.inner
+        return [hybrid(o * block + i.idx * self.inner + k, i.root_idx)
+                for i in idxs for o in range(self.outer) for k in range(self.inner)]
+
+
+def map_permuted_flattens(graph: Any) -> None:
+    """Give torch-pruning the right index mapping for every flatten that a permute/transpose moved the channel
+    axis in front of (see _PermutedFlattenMapping)."""
+    tp = _torch_pruning()
+    from torch_pruning.dependency import shape_infer
+
+    for node in list(graph.module2node.values()):
+        sizes = getattr(node.grad_fn, "_saved_self_sym_sizes", None)
+        if node.type != tp.ops.OPTYPE.RESHAPE or len(node.inputs) != 1 or not sizes or len(sizes) < 3:
+            continue
+        sizes = [int(s) for s in sizes]
+        rank = len(sizes)
+        moves = []
+        src = node.inputs[0]
+        while src.type == tp.ops.OPTYPE.ELEMENTWISE and len(src.inputs) == 1 and src.grad_fn is not None:
+            op = src.grad_fn.name()
+            if op.startswith("PermuteBackward"):
+                moves.append([int(d) % rank for d in src.grad_fn._saved_dims])
+            elif op.startswith("TransposeBackward"):
+                perm = list(range(rank))
+                a, b = int(src.grad_fn._saved_dim0) % rank, int(src.grad_fn._saved_dim1) % rank
+                perm[a], perm[b] = perm[b], perm[a]
+                moves.append(perm)
+            elif not op.startswith(_LAYOUT_KEEPING):
+                break
+            src = src.inputs[0]
+        channel, batch = 1, 0
+        for perm in reversed(moves):  # from the producer towards the flatten
+            channel, batch = perm.index(channel), perm.index(batch)
+        if channel == 1 or batch != 0:
+            continue  # channels first: torch-pruning's own mapping is right
+        flat = int(np.prod(sizes[1:]))
+        consumers = [shape_infer.infer_in_channels_recursively(graph, n, [0]) for n in node.outputs]
+        if flat not in consumers:
+            continue  # not a flatten of every axis but the batch
+        outer, inner = int(np.prod(sizes[1:channel])), int(np.prod(sizes[channel + 1:]))
+        feeding = node.inputs[0]
+
+        def channels(feeding: Any = feeding, node: Any = node, size: int = outer * inner) -> int:
+            count = shape_infer.infer_out_channels_recursively(graph, feeding, [0])
+            if count is None:
+                count = max(shape_infer.infer_in_channels_recursively(graph, n, [0]) or 0 for n in node.outputs) // size
+            return count
+
+        for dep in node.dependencies:
+            if dep.target is feeding:
+                dep.index_mapping[0] = _PermutedFlattenMapping(outer, inner, channels, reverse=True)
+        for dep in feeding.dependencies:
+            if dep.target is node:
+                dep.index_mapping[0] = _PermutedFlattenMapping(outer, inner, channels, reverse=False)
+        # torch-pruning recomputes the mapping of every RESHAPE node before each group; as an element-wise
+        # node this one keeps the mapping set here.
+        node.type = tp.ops.OPTYPE.ELEMENTWISE
 
 
 def _attributes(module: Any) -> dict[str, dict[str, Any]]:
@@ -266,13 +369,100 @@ def save_torch_model(module: Any, spec: InputSpec, out_dir: Path, what: str) -> 
     return ep
 
 
-def first_logits(out: Any) -> Any:
-    return flatten_outputs(out)[0]
-
-
 def is_logits(t: Any) -> bool:
     """Class scores on axis 1, as torch.nn.CrossEntropyLoss reads them: (N, C) or (N, C, d1, ...)."""
     return t.dim() >= 2 and t.shape[1] > 1 and t.is_floating_point()
+
+
+def is_probabilities(t: Any) -> bool:
+    """Scores that a Softmax over axis 1 made: non-negative, summing to 1 along axis 1."""
+    torch = _torch()
+    if not is_logits(t):
+        return False
+    t = t.detach().float()
+    return bool(t.min() >= 0) and bool(torch.allclose(t.sum(1), torch.ones(()), atol=1e-3))
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassOutputs:
+    """Which outputs of a model hold class scores on axis 1, and in what form.
+
+    ``labelled`` is the one the labels are for; ``main`` the one to measure agreement on (the labelled one,
+    else the first Softmax output, else the first with scores on axis 1); ``probabilities`` those a Softmax
+    made, whose logarithm stands in for the logits a loss wants. A detector's box and landmark regressions
+    (N, 4) and (N, 10) look like scores but are none of these unless labelled.
+    """
+
+    main: int | None = None
+    labelled: int | None = None
+    probabilities: frozenset[int] = frozenset()
+
+    def __contains__(self, k: int) -> bool:
+        return k == self.main or k == self.labelled or k in self.probabilities
+
+    def logits(self, k: int, t: Any) -> Any:
+        """Output ``k`` as logits (up to a constant per sample): the log of a Softmax output."""
+        return t.clamp_min(1e-12).log() if k in self.probabilities else t
+
+
+def class_outputs(outs: list[Any], labels: Any = None) -> ClassOutputs:
+    """Find the class outputs among the reference outputs ``outs`` (see ClassOutputs). With ``labels``, the
+    labelled output is, among those whose shape fits them, a Softmax output before any other, then the one whose
+    classes agree most with them."""
+    torch = _torch()
+    probabilities = frozenset(k for k, t in enumerate(outs) if is_probabilities(t))
+    labelled = None
+    if labels is not None:
+        y = torch.as_tensor(np.asarray(labels)).long()
+        best: tuple[bool, float] | None = None
+        for k, t in enumerate(outs):
+            fits = is_logits(t) and len(t) == len(y) and tuple(t.shape[2:]) == tuple(y.shape[1:])
+            if fits and int(y.max()) < t.shape[1] and int(y.min()) >= 0:
+                rank = (k in probabilities, float((t.argmax(1) == y).float().mean()))
+                if best is None or rank > best:
+                    labelled, best = k, rank
+    if labelled is not None:
+        main = labelled
+    elif probabilities:
+        main = min(probabilities)
+    else:
+        main = next((k for k, t in enumerate(outs) if is_logits(t)), None)
+    return ClassOutputs(main, labelled, probabilities)
+
+
+class _GroupWatch:
+    """A torch-pruning importance criterion that also remembers what torch-pruning is working on (building a
+    group, ranking it, pruning it), so that a failure inside torch-pruning names the layer at the group's root."""
+
+    def __init__(self, criterion: Any, names: dict[Any, str]):
+        self.criterion = criterion
+        self.names = names
+        self.current: Any = None  # a Group, or the module whose group is being built
+
+    def __call__(self, group: Any, **kwargs: Any) -> Any:
+        self.current = group
+        return self.criterion(group, **kwargs)
+
+    def watch(self, graph: Any) -> None:
+        build = graph.get_pruning_group
+
+        def get_pruning_group(module: Any, pruning_fn: Any, idxs: Any) -> Any:
+            self.current = module
+            return build(module, pruning_fn, idxs)
+
+        graph.get_pruning_group = get_pruning_group
+
+    def failed_on(self) -> tuple[str | None, list[str]]:
+        """The name of the root layer of the group that failed, and of the other layers in that group."""
+        current = self.current
+        if current is None:
+            return None, []
+        if isinstance(current, _torch().nn.Module):
+            return self.names.get(current) or None, []
+        layers = [dep.target.module for dep, _ in current]
+        root = self.names.get(layers[0]) if layers else None
+        related = [self.names[m] for m in layers[1:] if m in self.names and self.names[m] and self.names[m] != root]
+        return root, list(dict.fromkeys(related))[:6]
 
 
 class PruneStage(Stage):
@@ -345,7 +535,10 @@ class PruneStage(Stage):
         channels_before = {name: _out_channels(sub) for name, sub in module.named_modules() if isinstance(sub, types)}
         attrs_before = _attributes(module)
 
-        heads = output_layers(module, args)
+        graph, outs = self._traced(module, loaded, lambda: trace_graph(module, args))
+        producers = output_layers(module, graph, outs)
+        del graph, outs  # they hold the traced forward pass's activations
+        heads = list(dict.fromkeys(name for layers in producers for name in layers))
         protected = list(heads)
         for pattern in self.protect:
             hits = [n for n in names.values() if n and fnmatch.fnmatchcase(n, pattern)]
@@ -358,37 +551,31 @@ class PruneStage(Stage):
             protected.extend(h for h in hits if h not in protected)
         ignored = [module.get_submodule(n) for n in protected]
 
-        importance = {
+        importance = _GroupWatch({
             "l1": lambda: tp.importance.GroupMagnitudeImportance(p=1),
             "l2": lambda: tp.importance.GroupMagnitudeImportance(p=2),
             "taylor": lambda: tp.importance.GroupTaylorImportance(),
-        }[self.criterion]()
+        }[self.criterion](), names)
         taylor = self._taylor_batches(inputs.get("train_data"), loaded, module) if self.criterion == "taylor" else None
 
         torch.manual_seed(self.seed)
         skipped: list[str] = []
-        with warnings.catch_warnings(record=True) as caught, tracking_modules(module) as stack:
+        with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            try:
-                pruner = tp.pruner.BasePruner(
-                    module, args, importance,
-                    global_pruning=self.global_pruning,
-                    pruning_ratio=self.ratio if self.ratio is not None else MAX_RATIO,
-                    max_pruning_ratio=MAX_RATIO,
-                    iterative_steps=1 if self.ratio is not None else MAC_STEPS,
-                    ignored_layers=ignored,
-                    round_to=self.round_to,
-                    # Without it torch-pruning retries a failed forward with the tuple as one argument,
-                    # and reports that second, confusing failure.
-                    forward_fn=lambda model, inputs: model(*inputs),
-                )
-            except Exception as exc:
-                raise PruneError(
-                    f"torch-pruning cannot trace {_where(module, stack)} of '{loaded.source}': {_reason(exc)}",
-                    hint="this module runs something autograd cannot follow (numpy, .item(), in-place tricks); "
-                    "rewrite it with torch ops, or build without --prune",
-                ) from None
-            stack.clear()
+            pruner = self._traced(module, loaded, lambda: tp.pruner.BasePruner(
+                module, args, importance,
+                global_pruning=self.global_pruning,
+                pruning_ratio=self.ratio if self.ratio is not None else MAX_RATIO,
+                max_pruning_ratio=MAX_RATIO,
+                iterative_steps=1 if self.ratio is not None else MAC_STEPS,
+                ignored_layers=ignored,
+                round_to=self.round_to,
+                # Without it torch-pruning retries a failed forward with the tuple as one argument,
+                # and reports that second, confusing failure.
+                forward_fn=lambda model, inputs: model(*inputs),
+            ))
+            map_permuted_flattens(pruner.DG)
+            importance.watch(pruner.DG)
             groups = sum(1 for _ in pruner.DG.get_all_groups(ignored_layers=pruner.ignored_layers,
                                                              root_module_types=pruner.root_module_types))
             if groups == 0:
@@ -402,17 +589,27 @@ class PruneStage(Stage):
             try:
                 while True:
                     if taylor is not None:
-                        _taylor_gradients(module, taylor)
-                    pruner.step()
+                        _taylor_gradients(module, *taylor)
+                    for group in pruner.step(interactive=True):
+                        importance.current = group
+                        group.prune()
+                    importance.current = None
                     steps += 1
                     macs_now, _ = count_macs_params(module, args)
                     if target is None or macs_now <= target or steps >= MAC_STEPS:
                         break
             except Exception as exc:
-                where = f" in {_where(module, stack)}" if stack else ""
+                layer, related = importance.failed_on()
+                if layer is None:
+                    raise PruneError(
+                        f"torch-pruning failed while pruning '{loaded.source}': {_reason(exc)}",
+                        hint="prune less, or --protect the layers around the construct torch-pruning cannot follow",
+                    ) from None
+                also = f" and the layers that depend on it ({', '.join(related)})" if related else ""
                 raise PruneError(
-                    f"torch-pruning failed while pruning '{loaded.source}'{where}: {_reason(exc)}",
-                    hint="--protect the module named in the error (its channels are then kept), or prune less",
+                    f"torch-pruning failed on layer '{layer}' ({type(module.get_submodule(layer)).__name__}){also} "
+                    f"of '{loaded.source}': {_reason(exc)}",
+                    hint=f"--protect '{layer}' (its channels are then kept), or prune less",
                 ) from None
             module.zero_grad(set_to_none=True)
             for w in caught:
@@ -440,7 +637,7 @@ class PruneStage(Stage):
             if isinstance(sub, torch.nn.MultiheadAttention) and name not in kept:
                 skipped.append(f"{name} (MultiheadAttention): keeps its {sub.num_heads} heads; torch-pruning narrows "
                                "each head's width instead (removing whole heads needs separate q/k/v Linear layers)")
-        self._check(module, loaded, args)
+        self._check(module, loaded, args, producers)
 
         macs_after, params_after = count_macs_params(module, args)
         removable = [n for n in channels_before if n not in kept and channels_before[n]]
@@ -483,26 +680,32 @@ class PruneStage(Stage):
             weights_path=out_dir / WEIGHTS_FILE, arch_path=out_dir / ARCH_FILE, trainable=True,
         )
 
-    def _taylor_batches(self, data: CalibrationSet | None, loaded: LoadedModel, module: Any) -> list[tuple]:
-        """Up to TAYLOR_SAMPLES samples with targets: the labels when given, else the unpruned model's classes."""
+    def _taylor_batches(self, data: CalibrationSet | None, loaded: LoadedModel, module: Any
+                        ) -> tuple[list[tuple], ClassOutputs]:
+        """Up to TAYLOR_SAMPLES samples in batches, each with a target per output (see _taylor_gradients): for a
+        class output, the labels when they are for it, else the unpruned model's classes; None for the others."""
         torch = _torch()
         batches = stacked_inputs(data, loaded.spec)
         count = len(next(iter(batches.values())))
         take = np.sort(np.random.default_rng(self.seed).permutation(count)[:TAYLOR_SAMPLES])
         xs = [torch.from_numpy(np.ascontiguousarray(batches[n][take])) for n in loaded.spec.input_names]
         labels = getattr(data, "labels", None)
+        labels = None if labels is None else np.asarray(labels)[take]
         with torch.no_grad():
-            ref = first_logits(module(*xs))
-        if labels is not None and is_logits(ref):
-            target = torch.from_numpy(np.asarray(labels)[take]).long()
-        elif is_logits(ref):
-            target = ref.argmax(1)
-        else:
-            target = None
-        out = []
+            ref = flatten_outputs(module(*xs))
+        classes = class_outputs(ref, labels)
+        targets: list[Any] = []
+        for k, scores in enumerate(ref):
+            if k not in classes:
+                targets.append(None)
+            elif k == classes.labelled:
+                targets.append(torch.from_numpy(labels).long())
+            else:
+                targets.append(scores.argmax(1))
+        batched = []
         for i in range(0, len(take), BATCH):
-            out.append((tuple(x[i:i + BATCH] for x in xs), None if target is None else target[i:i + BATCH]))
-        return out
+            batched.append((tuple(x[i:i + BATCH] for x in xs), [None if t is None else t[i:i + BATCH] for t in targets]))
+        return batched, classes
 
     def save(self, value: PrunedModel, out_dir: Path) -> dict[str, Any]:
         return {
@@ -525,7 +728,20 @@ class PruneStage(Stage):
         return value.figures
 
     @staticmethod
-    def _check(module: Any, loaded: LoadedModel, args: tuple) -> None:
+    def _traced(module: Any, loaded: LoadedModel, trace: Any) -> Any:
+        """Run ``trace`` (torch-pruning tracing the model); a failure names the module that autograd lost."""
+        with tracking_modules(module) as stack:
+            try:
+                return trace()
+            except Exception as exc:
+                raise PruneError(
+                    f"torch-pruning cannot trace {_where(module, stack)} of '{loaded.source}': {_reason(exc)}",
+                    hint="this module runs something autograd cannot follow (numpy, .item(), in-place tricks); "
+                    "rewrite it with torch ops, or build without --prune",
+                ) from None
+
+    @staticmethod
+    def _check(module: Any, loaded: LoadedModel, args: tuple, producers: list[list[str]]) -> None:
         """The pruned model must run and keep its output shapes."""
         torch = _torch()
         with tracking_modules(module) as stack:
@@ -538,12 +754,16 @@ class PruneStage(Stage):
                     hint="torch-pruning could not trace how this module's channels depend on the layers before "
                     f"it; --protect '{stack[-1] if stack else '<module>'}' and the layers feeding it",
                 ) from None
-        for spec_out, out in zip(loaded.spec.outputs, outs):
+        for k, (spec_out, out) in enumerate(zip(loaded.spec.outputs, outs)):
             if isinstance(spec_out.shape, tuple) and tuple(out.shape) != spec_out.concrete_shape():
+                layers = producers[k] if k < len(producers) else []
                 raise PruneError(
                     f"pruning changed output '{spec_out.name}' of '{loaded.source}' from "
-                    f"{spec_out.shape_str()} to {'x'.join(map(str, out.shape))}",
-                    hint="--protect the layer that produces this output",
+                    f"{spec_out.shape_str()} to {'x'.join(map(str, out.shape))}, although "
+                    + (f"{', '.join(layers)}, which torch-pruning's graph says produce it, were kept" if layers
+                       else "torch-pruning's graph shows no layer producing it"),
+                    hint="torch-pruning lost track of a channel dependency on the way to this output; --protect "
+                    "the layers between the last kept one and the output",
                 )
 
 
@@ -555,18 +775,27 @@ def _out_channels(sub: Any) -> int:
     return 0
 
 
-def _taylor_gradients(module: Any, batches: list[tuple]) -> None:
-    """Accumulate gradients of the classification loss (or the output energy) for Taylor importance."""
+def _taylor_gradients(module: Any, batches: list[tuple], classes: ClassOutputs) -> None:
+    """Gradients for Taylor importance: of the cross-entropy of the class outputs (labels, or the unpruned
+    model's classes), or, for a model without class outputs, of its outputs' energy. A layer that no loss term
+    depends on (a box regression head beside the classifier) gets a zero gradient, i.e. no importance of its
+    own: the magnitude of its weights does not count in a loss that does not see them."""
     torch = _torch()
+    F = torch.nn.functional
     module.zero_grad(set_to_none=True)
     with torch.enable_grad():
-        for xs, target in batches:
-            out = first_logits(module(*xs))
-            if target is not None:
-                loss = torch.nn.functional.cross_entropy(out, target)
+        for xs, targets in batches:
+            outs = flatten_outputs(module(*xs))
+            if any(t is not None for t in targets):
+                terms = [F.cross_entropy(classes.logits(k, out), t) for k, (out, t) in enumerate(zip(outs, targets))
+                         if t is not None]
             else:
-                loss = out.float().pow(2).mean()
-            loss.backward()
+                terms = [out.float().pow(2).mean() for out in outs if out.is_floating_point()]
+            if terms:
+                sum(terms).backward()
+    for param in module.parameters():
+        if param.grad is None:
+            param.grad = torch.zeros_like(param)
 
 
 def stacked_inputs(data: CalibrationSet | None, spec: InputSpec) -> dict[str, np.ndarray]:
@@ -578,6 +807,7 @@ def stacked_inputs(data: CalibrationSet | None, spec: InputSpec) -> dict[str, np
 
 
 __all__ = [
-    "PruneStage", "PrunedModel", "CRITERIA", "trainable_module", "rebuild_pruned",
-    "count_macs_params", "save_torch_model", "example_args", "output_layers", "stacked_inputs",
+    "PruneStage", "PrunedModel", "CRITERIA", "ClassOutputs", "class_outputs", "trainable_module", "rebuild_pruned",
+    "count_macs_params", "save_torch_model", "example_args", "trace_graph", "output_layers",
+    "map_permuted_flattens", "stacked_inputs",
 ]

@@ -22,6 +22,7 @@ from edgec.compiler.types import LoadedModel  # noqa: E402
 from edgec.compiler.stages.prune import PruneStage, count_macs_params, rebuild_pruned  # noqa: E402
 from edgec.compiler.types import ArrayCalibrationSet, InputSpec, TensorSpec  # noqa: E402
 from edgec.compiler.onnxutil import ort_session  # noqa: E402
+import zoo  # noqa: E402
 from usererrors import raises_user_error  # noqa: E402
 
 
@@ -77,6 +78,22 @@ class Detached(nn.Module):
         if isinstance(self.middle, nn.Identity):
             y = y.detach()
         return self.head(self.b(y).mean((2, 3)))
+
+
+class SubPixel(nn.Module):
+    """A sub-pixel upsampler: pixel_shuffle regroups channels into space, which torch-pruning cannot follow."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.up = nn.Conv2d(8, 16, 3, padding=1)
+        self.refine = nn.Conv2d(4, 8, 3, padding=1)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.stem(x))
+        x = nn.functional.pixel_shuffle(self.up(x), 2)
+        return self.head(self.refine(x).mean((2, 3)))
 
 
 def _settled(model: nn.Module, shape: tuple[int, ...]) -> nn.Module:
@@ -232,3 +249,73 @@ def test_onnx_model_is_refused(tmp_path):
     loaded = LoadedModel("onnx", spec, tmp_path / "m.onnx", "onnx", onnx_path=tmp_path / "m.onnx")
     with raises_user_error(ConfigError, r"pruning needs a PyTorch model.*ONNX"):
         _run(PruneStage(ratio=0.5), loaded, tmp_path)
+
+
+def _cascade(net: str, tmp: Path) -> LoadedModel:
+    torch.manual_seed(0)
+    cls = getattr(zoo, net)
+    return _loaded(cls().eval(), tuple(cls.example_inputs[0].shape), tmp)
+
+
+def _labelled_noise(shape: tuple[int, ...], count: int = 32) -> ArrayCalibrationSet:
+    rng = np.random.default_rng(0)
+    data = ArrayCalibrationSet([{"input": rng.random(shape, dtype=np.float32)} for _ in range(count)])
+    data.labels = rng.integers(0, 2, count)  # face / no face
+    return data
+
+
+@pytest.mark.parametrize("net, criterion, heads", [
+    # permute(0, 3, 2, 1) before flatten + Linear, per-channel PReLU, a Softmax head beside a box head
+    ("CascadeRNet", "taylor", ["dense5_2", "dense5_1"]),
+    ("CascadeRNet", "l1", ["dense5_2", "dense5_1"]),
+    # fully convolutional: a Softmax over a 2-channel conv
+    ("CascadePNet", "taylor", ["conv4_2", "conv4_1"]),
+    ("CascadeONet", "taylor", ["dense6_2", "dense6_3", "dense6_1"]),
+])
+def test_face_cascade_loses_half_its_macs_and_keeps_its_outputs(net, criterion, heads, tmp_path):
+    loaded = _cascade(net, tmp_path)
+    shape = loaded.spec.inputs[0].concrete_shape()
+    extra = {"train_data": _labelled_noise(shape)} if criterion == "taylor" else {}
+    pruned, _, ctx = _run(PruneStage(macs=0.5, criterion=criterion), loaded, tmp_path, **extra)
+    f = pruned.figures
+    assert f["macs_after"] <= 0.5 * f["macs_before"], f
+    # the layers behind the Softmax are found as output layers too, and keep their channels
+    assert f["protected_outputs"] == heads
+    assert all(f["channels"][h][0] == f["channels"][h][1] for h in heads)
+    assert all(after < before for name, (before, after) in f["channels"].items() if name not in heads)
+    feeds = loaded.spec.example_feeds()
+    ref = torch_run(loaded.module, feeds, ["input"])
+    got = torch_run(pruned.module, feeds, ["input"])
+    assert [g.shape for g in got] == [r.shape for r in ref]
+
+    (tmp_path / "onnx").mkdir()
+    onnx_model = ExportStage(source="pruned_model").run({"pruned_model": pruned}, tmp_path / "onnx", ctx)
+    for a, b in zip(ort_session(onnx_model.path).run(None, feeds), got):
+        assert np.abs(a - b).max() < 1e-4
+
+
+def test_permute_before_flatten_prunes_the_matching_linear_columns(tmp_path):
+    """Channel c of an NHWC flatten feeds Linear columns c, c + C, c + 2C, ...: with half of conv3's channels
+    dead (zero weights in and out), pruning exactly them must leave the outputs unchanged."""
+    loaded = _cascade("CascadeRNet", tmp_path)
+    model = loaded.module
+    dead = torch.arange(0, 64, 2)
+    with torch.no_grad():
+        model.conv3.weight[dead] = 0
+        model.conv3.bias[dead] = 0
+        model.prelu3.weight[dead] = 0
+        model.dense4.weight[:, (torch.arange(9)[:, None] * 64 + dead).flatten()] = 0
+    pruned, _, _ = _run(PruneStage(ratio=0.5, protect=("conv1", "conv2", "dense4")), loaded, tmp_path)
+    assert pruned.figures["channels"]["conv3"] == [64, 32] and pruned.module.dense4.in_features == 288
+    x = torch.randn(8, 3, 24, 24)
+    with torch.no_grad():
+        for a, b in zip(model(x), pruned.module(x)):
+            assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_failure_inside_torch_pruning_names_the_layer(tmp_path):
+    loaded = _loaded(_settled(SubPixel(), (1, 3, 8, 8)), (1, 3, 8, 8), tmp_path)
+    with raises_user_error(PruneError, r"torch-pruning failed on layer 'up' \(Conv2d\).*\n.*--protect 'up'"):
+        _run(PruneStage(ratio=0.5), loaded, tmp_path)
+    pruned, _, _ = _run(PruneStage(ratio=0.5, protect=("up",)), loaded, tmp_path)
+    assert pruned.module.up.out_channels == 16 and pruned.module.refine.out_channels == 4
