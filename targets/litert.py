@@ -608,6 +608,43 @@ def _convert_int8(
     return {"calibration_rows": rows}
 
 
+_PROBE = """import sys
+import numpy as np
+from ai_edge_litert.interpreter import Interpreter
+interpreter = Interpreter(model_path=sys.argv[1], num_threads=1)
+interpreter.allocate_tensors()
+for d in interpreter.get_input_details():
+    interpreter.set_tensor(d["index"], np.zeros(d["shape"], d["dtype"]))
+interpreter.invoke()
+"""
+
+
+def probe(path: Path, source: str, what: str) -> None:
+    """Load, allocate and run ``path`` once in a child process, before edgec opens it in its own: LiteRT
+    aborts the whole process on some files it cannot handle (a full-integer BERT-style encoder from
+    litert-torch: ``allocate_tensors`` raises SIGABRT), which would end the build with no message at all."""
+    import signal
+    import subprocess
+
+    try:
+        done = subprocess.run([sys.executable, "-c", _PROBE, str(path)], capture_output=True, text=True,
+                              timeout=600)
+    except subprocess.TimeoutExpired:
+        raise ExportError(f"LiteRT did not finish loading and running the {what} TFLite model of '{source}' "
+                          "in 10 minutes", hint="build for another precision or target") from None
+    if done.returncode == 0:
+        return
+    if done.returncode < 0:
+        why = f"LiteRT crashed ({signal.Signals(-done.returncode).name}) loading the {what} TFLite model of '{source}'"
+    else:
+        last = [line for line in done.stderr.splitlines() if line.strip()][-1:] or ["(no message)"]
+        why = f"LiteRT cannot run the {what} TFLite model of '{source}': {last[0][:300]}"
+    raise ExportError(
+        f"{why} (ops: {', '.join(read_ops(path))})",
+        hint="build another precision for this target (fp32/fp16), or an ONNX target (--target cpu)",
+    )
+
+
 def _int8_interface(path: Path) -> bool:
     """Make float inputs (outputs) that sit right before a QUANTIZE (after a DEQUANTIZE) int8 in the file,
     as TensorFlow's converter does with inference_input_type=int8. litert-torch usually folds them already;
@@ -707,6 +744,7 @@ def convert(
             _convert_int8(module, wrapper, args, spec, in_perm, calibration, out, source, observer,
                           per_channel, histogram_bins)
         )
+        probe(out, source, "INT8")  # before the interface rewrite opens it in this process
         info["quantization"] = {
             "method": "PT2E static (litert-torch PT2EQuantizer)",
             "observer": observer,
@@ -725,6 +763,7 @@ def convert(
                                 "activations": "float32"}
     else:
         _convert_float(wrapper, args, out, source, module)
+    probe(out, source, precision.value)
     info["seconds"] = round(time.perf_counter() - started, 2)
     inputs, outputs = _describe_io(out, spec, in_perm, out_perm)
     return TFLiteModel(out, precision, inputs, outputs, read_ops(out), info)
