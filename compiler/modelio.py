@@ -10,8 +10,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from edgec.compiler.errors import ConfigError
 
 
@@ -66,8 +64,9 @@ def flatten_outputs(out: Any) -> list[Any]:
     return [out]
 
 
-def torch_run(model: Any, feeds: dict[str, np.ndarray], input_names: list[str]) -> list[np.ndarray]:
+def torch_run(model: Any, feeds: dict[str, Any], input_names: list[str]) -> list[Any]:
     """Run a torch module (or ExportedProgram's module) on numpy feeds; outputs as numpy arrays."""
+    import numpy as np
     import torch
 
     args = tuple(torch.from_numpy(np.ascontiguousarray(feeds[n])) for n in input_names)
@@ -101,6 +100,7 @@ def torchscript_to_exported(module: Any, spec: Any, source: str, purpose: str) -
     two random inputs shaped like ``spec``, and a conversion that fails or disagrees is an ExportError naming
     the construct.
     """
+    import numpy as np
     import torch
 
     from edgec.compiler.context import quiet_tools

@@ -8,11 +8,12 @@ import hashlib
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from edgec.compiler.errors import ConfigError
+
+if TYPE_CHECKING:  # numpy is imported where it is used: `edgec --help` must not load it
+    import numpy as np
 
 
 class Precision(str, enum.Enum):
@@ -39,17 +40,17 @@ class ModelFormat(str, enum.Enum):
 
 # The dtypes edgec accepts for model inputs, by the names users write.
 _DTYPES = {
-    "float32": np.float32, "fp32": np.float32, "float": np.float32,
-    "float16": np.float16, "fp16": np.float16, "half": np.float16,
-    "int64": np.int64, "long": np.int64,
-    "int32": np.int32, "int": np.int32,
-    "int8": np.int8, "uint8": np.uint8, "bool": np.bool_,
+    "float32": "float32", "fp32": "float32", "float": "float32",
+    "float16": "float16", "fp16": "float16", "half": "float16",
+    "int64": "int64", "long": "int64",
+    "int32": "int32", "int": "int32",
+    "int8": "int8", "uint8": "uint8", "bool": "bool",
 }
 
 
 def parse_dtype(name: str) -> str:
     try:
-        return np.dtype(_DTYPES[name.lower()]).name
+        return _DTYPES[name.lower()]
     except KeyError:
         raise ConfigError(
             f"unknown dtype '{name}'", hint=f"use one of: {', '.join(sorted(set(_DTYPES)))}"
@@ -152,6 +153,8 @@ class InputSpec:
 
     def example_feeds(self, batch: int = 1, seed: int = 0) -> dict[str, np.ndarray]:
         """Random feeds that fit the inputs (dynamic axes filled with ``batch``)."""
+        import numpy as np
+
         rng = np.random.default_rng(seed)
         feeds = {}
         for t in self.inputs:
@@ -227,7 +230,7 @@ class Artifact:
         )
 
 
-Feeds = dict[str, np.ndarray]
+Feeds = dict[str, "np.ndarray"]
 
 
 @runtime_checkable
@@ -258,6 +261,8 @@ class ArrayCalibrationSet:
     @property
     def fingerprint(self) -> str:
         if self._fingerprint is None:
+            import numpy as np
+
             h = hashlib.sha256()
             for feeds in self.samples:
                 for name in sorted(feeds):
@@ -277,6 +282,8 @@ class ArrayCalibrationSet:
 
     def stacked(self) -> Feeds:
         """All samples concatenated along the first axis (the batch axis)."""
+        import numpy as np
+
         if not self.samples:
             return {}
         return {name: np.concatenate([s[name] for s in self.samples]) for name in self.samples[0]}
@@ -324,6 +331,7 @@ class CalibrationStats:
 
     def ranges(self) -> dict[str, tuple[float, float]]:
         """Tensor name -> (low, high) as calibrated (the file is ONNX Runtime's, read with its loader)."""
+        import numpy as np
         from onnxruntime.quantization.calibrate import load_tensors_data
 
         def scalar(x: Any) -> float:

@@ -29,15 +29,16 @@ import json
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from edgec.compiler.context import BuildContext
 from edgec.compiler.errors import ConfigError, ExportError, PruneError, missing_dependency
 from edgec.compiler.modelio import flatten_outputs
 from edgec.compiler.stage import Stage
 from edgec.compiler.types import CalibrationSet, InputSpec, LoadedModel
+
+if TYPE_CHECKING:
+    import numpy as np
 
 CRITERIA = ("l1", "l2", "taylor")
 MODEL_FILE = "model.pt2"
@@ -247,6 +248,8 @@ class _PermutedFlattenMapping:
 def map_permuted_flattens(graph: Any) -> None:
     """Give torch-pruning the right index mapping for every flatten that a permute/transpose moved the channel
     axis in front of (see _PermutedFlattenMapping)."""
+    import numpy as np
+
     tp = _torch_pruning()
     from torch_pruning.dependency import shape_infer
 
@@ -409,6 +412,8 @@ def class_outputs(outs: list[Any], labels: Any = None) -> ClassOutputs:
     """Find the class outputs among the reference outputs ``outs`` (see ClassOutputs). With ``labels``, the
     labelled output is, among those whose shape fits them, a Softmax output before any other, then the one whose
     classes agree most with them."""
+    import numpy as np
+
     torch = _torch()
     probabilities = frozenset(k for k, t in enumerate(outs) if is_probabilities(t))
     labelled = None
@@ -684,6 +689,8 @@ class PruneStage(Stage):
                         ) -> tuple[list[tuple], ClassOutputs]:
         """Up to TAYLOR_SAMPLES samples in batches, each with a target per output (see _taylor_gradients): for a
         class output, the labels when they are for it, else the unpruned model's classes; None for the others."""
+        import numpy as np
+
         torch = _torch()
         batches = stacked_inputs(data, loaded.spec)
         count = len(next(iter(batches.values())))
@@ -800,6 +807,8 @@ def _taylor_gradients(module: Any, batches: list[tuple], classes: ClassOutputs) 
 
 def stacked_inputs(data: CalibrationSet | None, spec: InputSpec) -> dict[str, np.ndarray]:
     """Every sample of ``data`` concatenated along the batch axis, per input."""
+    import numpy as np
+
     if data is None:
         raise ConfigError("no training data", hint="pass --train-data")
     samples = list(data)

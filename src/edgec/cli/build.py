@@ -1,52 +1,67 @@
-"""edgec build: a checkpoint to one folder of artifacts per target."""
+"""edgec build: a checkpoint to one folder of artifacts per target.
+
+Its options are the recipe's fields (``edgec.recipe.Recipe``): each is declared there once, with its type,
+default, help, choices and flag, and turned into a click option here.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 
 from edgec.cli import emit_json, reporter
+from edgec.recipe import Recipe, choices_of
+
+_TYPES = {"int": int, "float": float, "str": str}
+
+
+def _click_option(field: dataclasses.Field) -> Callable[[Any], Any] | None:
+    """The click option for one recipe field, or None for a recipe-only key."""
+    meta = field.metadata
+    flag, default = meta["flag"], field.default
+    if meta["negative"]:  # a boolean that defaults to true: only its "off" flag exists
+        return click.option(meta["negative"], field.name, flag_value=False, default=None, help=meta["help"])
+    if flag is None:
+        return None
+    names = [n for n in (meta["short"], flag or f"--{field.name.replace('_', '-')}") if n]
+    kind = field.type.split(" | ")[0]
+    kw: dict[str, Any] = {"help": meta["help"], "metavar": meta["metavar"]}
+    if kind == "bool":
+        if meta["secondary"]:
+            return click.option(f"{names[-1]}/{meta['secondary']}", field.name, default=None, help=meta["help"])
+        return click.option(*names, field.name, is_flag=True, default=None, help=meta["help"])
+    choices = choices_of(field)
+    if kind.startswith(("list", "dict")):
+        kw["multiple"] = True
+        kind = "str"
+    kw["type"] = click.Choice(choices) if choices else _TYPES[kind]
+    if default not in (None, dataclasses.MISSING) and not kw.get("multiple"):
+        kw["help"] += f" [default: {default}]"
+    return click.option(*names, field.name, **kw)
+
+
+def recipe_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Add a click option for every recipe field that has a flag, in the recipe's order."""
+    for field in reversed(dataclasses.fields(Recipe)):
+        option = _click_option(field)
+        if option is not None:
+            command = option(command)
+    return command
 
 
 @click.command()
 @click.argument("checkpoint", required=False, type=click.Path(path_type=Path))
-@click.option("-t", "--target", "target", multiple=True, help="Target: a device profile or backend (repeatable; see `edgec targets`). Default: cpu.")
-@click.option("-p", "--precision", multiple=True, help="fp32, fp16 or int8 (repeatable). Default: fp32, or int8 on INT8-only targets (mcu).")
-@click.option("--calib", help="Calibration data: .npz/.npy (first axis = samples), an image folder, or module:function.")
-@click.option("--calib-samples", type=int, help="Use N calibration samples, drawn at random with --seed.")
-@click.option("--calibration-method", type=click.Choice(["minmax", "entropy", "percentile"]), help="Activation range estimator (default minmax).")
-@click.option("--input", "inputs", multiple=True, metavar="NAME:SHAPE[:DTYPE]", help="An input of the model, e.g. x:1x3x224x224:float32 (repeatable). A named dimension (Nx3x224x224) is dynamic.")
-@click.option("--model-factory", metavar="MODULE:FUNCTION", help="Builds the nn.Module for a state_dict or safetensors checkpoint.")
-@click.option("--trust-checkpoint", is_flag=True, default=None, help="Allow full unpickling of the checkpoint. Runs code from the file: only for files you trust.")
+@recipe_options
 @click.option("--config", "config", type=click.Path(path_type=Path), help="A recipe (edgec.yaml); flags override it.")
-@click.option("-o", "--out", help="The build folder to write (replaced atomically).")
-@click.option("--opset", type=int, help="ONNX opset for export (default 18).")
-@click.option("--seed", type=int, help="Seed for sampling (default 0).")
-@click.option("--no-cache", is_flag=True, help="Rebuild every stage instead of reusing the build cache.")
 @click.option("--cache-dir", type=click.Path(path_type=Path), envvar="EDGEC_CACHE_DIR", show_envvar=True, help="Build cache folder (default ~/.cache/edgec).")
-@click.option("--prune", type=float, metavar="RATIO", help="Remove this fraction (0-1) of the channels of every prunable layer (torch-pruning).")
-@click.option("--prune-macs", type=float, metavar="FRACTION", help="Remove this fraction (0-1) of the MACs instead, pruning step by step until met.")
-@click.option("--prune-criterion", type=click.Choice(["l1", "l2", "taylor"]), help="Channel importance (default: taylor with --train-data, else l1).")
-@click.option("--prune-global/--prune-per-layer", "prune_global", default=None, help="Rank channels across all layers, or remove the same fraction per layer (default).")
-@click.option("--prune-round-to", type=int, metavar="N", help="Keep pruned channel counts multiples of N (8 suits x86 CPU kernels; odd counts can make fewer MACs slower).")
-@click.option("--protect", multiple=True, metavar="PATTERN", help="Keep the output channels of modules matching this fnmatch pattern, e.g. 'stem.*' (repeatable). Output layers are always kept.")
-@click.option("--distill", is_flag=True, default=None, help="Fine-tune the pruned model (or --student) against the original model as teacher.")
-@click.option("--train-data", metavar="PATH", help="Training data for --distill and Taylor pruning (the formats of --calib).")
-@click.option("--train-labels", metavar="PATH", help="Class labels of --train-data (.npy/.npz/.txt/.csv): adds a hard-label loss.")
-@click.option("--epochs", type=int, help="Distillation epochs, at most (default 10; stops early when the held-out agreement stalls).")
-@click.option("--lr", type=float, help="Distillation learning rate (default 1e-3, cosine schedule).")
-@click.option("--distill-temperature", type=float, help="Softmax temperature of the distillation loss (default 4).")
-@click.option("--hard-label-weight", type=float, metavar="W", help="Weight (0-1) of the hard-label loss (default 0.5 with --train-labels, else 0).")
-@click.option("--feature-layer", "feature_layers", multiple=True, metavar="MODULE", help="Also match this module's output between teacher and student (repeatable).")
-@click.option("--student", metavar="MODULE:FUNCTION", help="Distill into this smaller architecture instead of a pruned model.")
-@click.option("--tensorboard", metavar="DIR", help="Write TensorBoard logs of the distillation curves here (needs tensorboard installed).")
 @click.option("--json", "json_out", metavar="PATH|-", help="Write the build's manifest as JSON to PATH, or to stdout with '-' (then nothing else is printed there).")
 @click.pass_context
-def build(ctx: click.Context, checkpoint, target, precision, calib, calib_samples, calibration_method, inputs,
-          model_factory, trust_checkpoint, config, out, opset, seed, no_cache, cache_dir, prune, prune_macs,
-          prune_criterion, prune_global, prune_round_to, protect, distill, train_data, train_labels, epochs, lr,
-          distill_temperature, hard_label_weight, feature_layers, student, tensorboard, json_out) -> None:
+def build(ctx: click.Context, checkpoint: Path | None, config: Path | None, cache_dir: Path | None,
+          json_out: str | None, **flags: Any) -> None:
     """Compile CHECKPOINT (.pt2, TorchScript, state_dict, .safetensors or .onnx) for one or more targets.
 
     Writes OUT/<target>/... and OUT/manifest.json (paths, sha256, formats, input/output specs, tool versions,
@@ -58,37 +73,7 @@ def build(ctx: click.Context, checkpoint, target, precision, calib, calib_sample
     from edgec.api import build as run_build
     from edgec.recipe import load_recipe, resolve
 
-    flags = {
-        "checkpoint": str(checkpoint) if checkpoint else None,
-        "target": target,
-        "precision": precision,
-        "calib": calib,
-        "calib_samples": calib_samples,
-        "calibration_method": calibration_method,
-        "inputs": inputs,
-        "model_factory": model_factory,
-        "trust_checkpoint": trust_checkpoint,
-        "out": out,
-        "opset": opset,
-        "seed": seed,
-        "cache": False if no_cache else None,
-        "prune": prune,
-        "prune_macs": prune_macs,
-        "prune_criterion": prune_criterion,
-        "prune_global": prune_global,
-        "prune_round_to": prune_round_to,
-        "protect": protect,
-        "distill": distill,
-        "train_data": train_data,
-        "train_labels": train_labels,
-        "epochs": epochs,
-        "lr": lr,
-        "distill_temperature": distill_temperature,
-        "hard_label_weight": hard_label_weight,
-        "feature_layers": feature_layers,
-        "student": student,
-        "tensorboard": tensorboard,
-    }
+    flags["checkpoint"] = str(checkpoint) if checkpoint else None
     recipe = resolve(load_recipe(config), flags)
     result = run_build(recipe, report=reporter(ctx), cache_dir=cache_dir)
     if json_out:
