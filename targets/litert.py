@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import os
 import re
 import sys
@@ -522,48 +523,223 @@ def _to_fp16(src: Path, out: Path) -> int:
     return len(result.quantized_model)
 
 
-def _residual_add_quantizer(base: type) -> type:
-    """litert-torch's PT2E quantizer, also annotating the adds its own annotator misses.
+#: Ops whose int8 kernels (LiteRT, TFLM) take only one output quantization: SOFTMAX and LOGISTIC map [0, 1]
+#: onto int8 in steps of 1/256, TANH maps [-1, 1] in steps of 1/128 (overload name -> (scale, zero point)).
+_FIXED_OUTPUT_QPARAMS = {
+    "softmax.int": (1 / 256, -128), "_softmax.default": (1 / 256, -128), "_safe_softmax.default": (1 / 256, -128),
+    "sigmoid.default": (1 / 256, -128), "tanh.default": (1 / 128, 0),
+}
+#: Ops that make a new value range: a quantized input and an observer of their own on the output. PReLU's
+#: slopes become a per-tensor int8 weight (TFLM's PRELU takes one scale for them).
+_OWN_OUTPUT = ("prelu.default", "hardswish.default", "leaky_relu.default")
+#: The same for ops of two run-time tensors (litert-torch's own annotators miss them; a residual Add of
+#: MobileNetV2 at 96x96 stayed float: 31 of 91 ops).
+_BINARY = ("add.Tensor", "add_.Tensor", "sub.Tensor", "mul.Tensor")
+#: Ops whose output lies within their input's range: the output shares the input's quantization, as the int8
+#: kernels of MAX_POOL_2D, AVERAGE_POOL_2D and CONCATENATION require and PAD, RESIZE_NEAREST_NEIGHBOR, MEAN and
+#: the layout ops run fastest with (no rescaling).
+_SHARED_OUTPUT = (
+    "max_pool2d.default", "avg_pool2d.default", "adaptive_avg_pool2d.default", "mean.dim", "mean.default",
+    "constant_pad_nd.default", "pad.default", "upsample_nearest2d.vec", "upsample_nearest2d.default",
+    "permute.default", "view.default", "reshape.default", "flatten.using_ints", "squeeze.dim", "squeeze.dims",
+    "unsqueeze.default", "transpose.int", "contiguous.default", "clone.default", "slice.Tensor",
+)
 
-    Its ``add`` annotator finds adds through ``source_fn_stack``, which ``torch.export(strict=False)`` leaves
-    empty, so every residual Add that is not folded into a following conv stays float (MobileNetV2 at 96x96:
-    31 of 91 ops float, and the mcu target refuses it). Adds of two tensors left unannotated get the same input
-    and output specs the annotator would have given them.
+
+def _aten_ops(names: Any) -> dict[Any, str]:
+    """``{torch.ops.aten.<packet>.<overload>: name}`` for the overloads this torch has."""
+    import torch
+
+    found = {}
+    for name in names:
+        packet, overload = name.split(".")
+        op = getattr(getattr(torch.ops.aten, packet, None), overload, None)
+        if op is not None:
+            found[op] = name
+    return found
+
+
+def _int8_quantizer(base: type) -> type:
+    """litert-torch's PT2E quantizer, also annotating the ops its own annotator leaves float.
+
+    Its annotators find most ops through ``source_fn_stack``, which ``torch.export(strict=False)`` leaves empty,
+    and know no PReLU, Tanh, HardSwish or LeakyReLU: such ops stay float between a DEQUANTIZE and a QUANTIZE
+    (the mcu target refuses them), or the converter gives them a neighbour's scale (a Tanh concatenated with a
+    Sigmoid got [0, 1) and lost its negative half). Every op of the tables above, and every concat, that is still
+    unannotated gets the specs its int8 TFLite kernel wants. The graph is walked in order, so an op's producer
+    is annotated before the op.
     """
     import torch
     from litert_torch.quantize.pt2e_quantizer_utils import get_input_act_qspec, get_output_act_qspec
-    from torchao.quantization.pt2e.quantizer import QuantizationAnnotation
+    from torchao.quantization.pt2e.observer import MinMaxObserver
+    from torchao.quantization.pt2e.quantizer import (
+        FixedQParamsQuantizationSpec,
+        QuantizationAnnotation,
+        QuantizationSpec,
+        SharedQuantizationSpec,
+    )
 
-    adds = {torch.ops.aten.add.Tensor, torch.ops.aten.add_.Tensor}
+    fixed = {op: _FIXED_OUTPUT_QPARAMS[name] for op, name in _aten_ops(_FIXED_OUTPUT_QPARAMS).items()}
+    own = set(_aten_ops(_OWN_OUTPUT))
+    binary = set(_aten_ops(_BINARY))
+    shared = set(_aten_ops(_SHARED_OUTPUT))
+    cat = torch.ops.aten.cat.default
+    prelu = torch.ops.aten.prelu.default
+    slopes = QuantizationSpec(
+        dtype=torch.int8, quant_min=-127, quant_max=127, qscheme=torch.per_tensor_symmetric,
+        observer_or_fake_quant_ctr=MinMaxObserver.with_args(eps=2**-12),
+    )
 
-    class ResidualAddQuantizer(base):  # type: ignore[misc, valid-type]
+    def annotated(node: Any) -> bool:
+        annotation = node.meta.get("quantization_annotation")
+        return annotation is not None and bool(getattr(annotation, "_annotated", False))
+
+    def has_output_qspec(node: Any) -> bool:
+        return annotated(node) and node.meta["quantization_annotation"].output_qspec is not None
+
+    def fixed_output(node: Any) -> bool:
+        """Whether ``node``'s output has a fixed quantization: its own (a Sigmoid's) or, through ops that share
+        their first input's, a producer's (a max pool after a Sigmoid)."""
+        while has_output_qspec(node):
+            spec = node.meta["quantization_annotation"].output_qspec
+            if not isinstance(spec, SharedQuantizationSpec):
+                return isinstance(spec, FixedQParamsQuantizationSpec)
+            node = node.args[0]
+            if not isinstance(node, torch.fx.Node):
+                return False
+        return False
+
+    class Int8Quantizer(base):  # type: ignore[misc, valid-type]
         def annotate(self, model: Any) -> Any:
             model = super().annotate(model)
             config = self.global_config
-            if config is None:
+            if config is None or config.input_activation is None:
                 return model
+            act_in, act_out = get_input_act_qspec(config), get_output_act_qspec(config)
+
+            def input_spec(x: Any) -> Any:
+                # Reuse the producer's observer where it has one; the same spec object is merged with it.
+                return SharedQuantizationSpec(x) if has_output_qspec(x) else act_in
+
             for node in model.graph.nodes:
-                if node.op != "call_function" or node.target not in adds:
+                if node.op != "call_function" or annotated(node) or not _is_float_tensor(node):
                     continue
-                annotation = node.meta.get("quantization_annotation")
-                if annotation is not None and getattr(annotation, "_annotated", False):
+                tensors = [a for a in node.args if isinstance(a, torch.fx.Node)]
+                if node.target == cat:
+                    inputs = list(node.args[0])
+                    if not inputs or not all(_is_activation(a) for a in inputs):
+                        continue
+                    # One scale for all (TFLM's int8 CONCATENATION copies bytes), observed on the output, so it
+                    # covers every input. An input of fixed scale (a Sigmoid's) gets no spec here: the
+                    # converter drops a DEQUANTIZE-QUANTIZE pair but inserts the QUANTIZE a scale change needs.
+                    spec = QuantizationAnnotation(
+                        input_qspec_map={a: SharedQuantizationSpec(node) for a in inputs if not fixed_output(a)},
+                        output_qspec=act_out, _annotated=True,
+                    )
+                elif node.target in fixed:
+                    if not tensors or not _is_activation(tensors[0]):
+                        continue
+                    scale, zero_point = fixed[node.target]
+                    spec = QuantizationAnnotation(
+                        input_qspec_map={tensors[0]: act_in},
+                        output_qspec=FixedQParamsQuantizationSpec(
+                            dtype=torch.int8, scale=scale, zero_point=zero_point, quant_min=-128, quant_max=127,
+                            qscheme=torch.per_tensor_affine,
+                        ),
+                        _annotated=True,
+                    )
+                elif node.target == prelu:
+                    x, weight = node.args[0], node.args[1]
+                    if not _is_activation(x) or not isinstance(weight, torch.fx.Node):
+                        continue
+                    spec = QuantizationAnnotation(
+                        input_qspec_map={x: act_in, weight: slopes}, output_qspec=act_out, _annotated=True
+                    )
+                elif node.target in own or node.target in binary:
+                    if len(tensors) != (2 if node.target in binary else 1) or not all(map(_is_activation, tensors)):
+                        continue
+                    spec = QuantizationAnnotation(
+                        input_qspec_map={a: act_in for a in tensors}, output_qspec=act_out, _annotated=True
+                    )
+                elif node.target in shared:
+                    if not tensors or not _is_activation(tensors[0]):
+                        continue
+                    x = tensors[0]
+                    spec = QuantizationAnnotation(
+                        input_qspec_map={x: input_spec(x)}, output_qspec=SharedQuantizationSpec((x, node)),
+                        _annotated=True,
+                    )
+                else:
                     continue
-                inputs = [a for a in node.args[:2] if isinstance(a, torch.fx.Node)]
-                if len(inputs) != 2 or not all(_is_float_tensor(a) for a in inputs):
-                    continue
-                node.meta["quantization_annotation"] = QuantizationAnnotation(
-                    input_qspec_map={a: get_input_act_qspec(config) for a in inputs},
-                    output_qspec=get_output_act_qspec(config),
-                    _annotated=True,
-                )
+                node.meta["quantization_annotation"] = spec
             return model
 
-    return ResidualAddQuantizer
+    return Int8Quantizer
 
 
 def _is_float_tensor(node: Any) -> bool:
     value = node.meta.get("val")
     return getattr(value, "dtype", None) is not None and value.dtype.is_floating_point
+
+
+def _is_activation(node: Any) -> bool:
+    """A float tensor computed at run time (not a weight or a constant)."""
+    import torch
+
+    return isinstance(node, torch.fx.Node) and node.op in ("call_function", "placeholder") and _is_float_tensor(node)
+
+
+@functools.lru_cache(maxsize=1)
+def _register_prelu_lowering() -> None:
+    """Teach litert-torch to lower ``aten._prelu_kernel`` to one TFL PRELU op (it has no lowering of its own:
+    it decomposes PReLU into RELU, MUL and SUB, which an INT8 model keeps float between a DEQUANTIZE and a
+    QUANTIZE, and a microcontroller build refuses). The op reaches the lowering only inside ``_prelu_as_one_op``."""
+    import torch
+    from litert_converter.mlir import ir
+    from litert_converter.mlir.dialects import stablehlo
+    from litert_torch.backend.lowerings import registry, utils
+
+    @registry.lower(torch.ops.aten._prelu_kernel.default)
+    def _prelu(lctx: Any, x: Any, slopes: Any) -> Any:
+        # TFLite's PRELU takes slopes of one rank less than the input, broadcast on its trailing axes; the
+        # channels-last pass hands them over as [1, 1, 1, C].
+        x_type, s_type = ir.RankedTensorType(x.type), ir.RankedTensorType(slopes.type)
+        shape = list(s_type.shape)
+        while len(shape) > x_type.rank - 1 and shape[0] == 1:
+            shape.pop(0)
+        shape = [1] * (x_type.rank - 1 - len(shape)) + shape
+        if shape != list(s_type.shape):
+            slopes = stablehlo.reshape(ir.RankedTensorType.get(shape, s_type.element_type), slopes)
+        # litert-torch's carrier for a TFL op (as its torch_tfl lowerings write them); its converter makes the op.
+        return stablehlo.custom_call(
+            result=utils.node_meta_to_ir_types(lctx.node),
+            inputs=[x, slopes],
+            call_target_name=ir.StringAttr.get("tfl.prelu"),
+            has_side_effect=ir.BoolAttr.get(False),
+            backend_config=ir.StringAttr.get(str(ir.DictAttr.get({}))),
+        )
+
+
+@contextlib.contextmanager
+def _prelu_as_one_op() -> Iterator[None]:
+    """While converting, keep ``aten._prelu_kernel`` out of litert-torch's decomposition tables, so that it
+    reaches the PRELU lowering; the tables are restored after."""
+    import torch
+    from litert_torch.fx_infra import decomp
+
+    _register_prelu_lowering()
+    op = torch.ops.aten._prelu_kernel.default
+    # torch.export's CustomDecompTable answers ``in`` and ``[]``; its ``get`` finds nothing.
+    tables = decomp.pre_convert_decomp(), decomp.pre_lower_decomp()
+    before_convert, before_lower = (table[op] if op in table else None for table in tables)  # noqa: SIM401
+    decomp.remove_pre_lower_decomp(op)  # from both tables
+    try:
+        yield
+    finally:
+        if before_convert is not None:
+            decomp.add_pre_convert_decomp(op, before_convert)  # into both tables
+        if before_lower is not None:
+            decomp.add_pre_lower_decomp(op, before_lower)
 
 
 def _convert_int8(
@@ -579,7 +755,7 @@ def _convert_int8(
     from edgec.compiler.modelio import one_torch_thread
 
     config = _observer_config(observer, per_channel, histogram_bins)
-    quantizer = _residual_add_quantizer(pt2e_quantizer.PT2EQuantizer)().set_global(config)
+    quantizer = _int8_quantizer(pt2e_quantizer.PT2EQuantizer)().set_global(config)
     try:
         with quiet_litert():
             graph = torch.export.export(wrapper, args, strict=False).module()
@@ -599,7 +775,7 @@ def _convert_int8(
             hint="pass --calib with at least one sample shaped like the model's input",
         )
     try:
-        with quiet_litert():
+        with quiet_litert(), _prelu_as_one_op():
             quantized = convert_pt2e(prepared, fold_quantize=False)
             edge = litert_torch.convert(quantized, args, quant_config=QuantConfig(pt2e_quantizer=quantizer))
             edge.export(str(out))

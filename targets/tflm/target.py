@@ -120,6 +120,7 @@ def _settings(meta: dict[str, Any], model_file: str, model: bytes) -> firmware.S
     if v:
         figures.update({
             "NPU / CPU ops (vela)": f"{v['npu_ops']} / {v['cpu_ops']}",
+            "ops left to TFLM on the CPU (vela)": vela.op_counts(v["cpu_op_names"]) or "none",
             "NPU cycles (vela estimate)": str(v["cycles_total"]),
             "inference time (vela estimate, NPU ops only)": f"{v['inference_time_ms']:.4f} ms at "
                                                             f"{v['clock_hz'] / 1e6:.0f} MHz",

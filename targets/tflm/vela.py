@@ -117,6 +117,11 @@ def _finite(value: str | None) -> float:
     return number if math.isfinite(number) else 0.0  # vela writes nan when nothing ran on the NPU
 
 
+def op_counts(ops: list[str]) -> str:
+    """``MAX_POOL_2D, MEAN x2``: each op once, in order, with its count when above one."""
+    return ", ".join(f"{op} x{n}" if n > 1 else op for op, n in Counter(ops).items())
+
+
 def judge(rep: VelaReport, model_name: str, allow_cpu_fallback: bool) -> None:
     """Raise TargetBuildError when nothing reached the NPU, or when ops fell back to the CPU unasked."""
     if rep.npu_ops == 0:
@@ -127,7 +132,7 @@ def judge(rep: VelaReport, model_name: str, allow_cpu_fallback: bool) -> None:
                  "such as --target cortex-m55",
         )
     if rep.cpu_ops and not allow_cpu_fallback:
-        names = ", ".join(f"{op} x{n}" if n > 1 else op for op, n in Counter(rep.cpu_op_names).items())
+        names = op_counts(rep.cpu_op_names)
         raise TargetBuildError(
             f"vela left {rep.cpu_ops} of {rep.npu_ops + rep.cpu_ops} ops of '{model_name}' on the CPU "
             f"({names or 'see vela --show-cpu-operations'}) for {rep.accelerator}",

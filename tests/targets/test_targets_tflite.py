@@ -148,6 +148,39 @@ def test_int8_residual_adds_are_integer(tmp_path, one_torch_thread):
             assert all(dtypes[i] == np.int8 for i in [*op["inputs"], *op["outputs"]]), op
 
 
+def test_int8_prelu_and_softmax_are_single_int8_ops(tmp_path, one_torch_thread):
+    """The face cascade's RNet (per-channel PReLU, a Softmax head): each PReLU is one int8 PRELU and the Softmax
+    an int8 SOFTMAX. litert-torch decomposed PReLU into RELU/MUL/SUB and its quantizer left those and the Softmax
+    float between a DEQUANTIZE and a QUANTIZE (5 float islands)."""
+    import zoo
+    from litert_torch.fx_infra import decomp
+
+    model, data = zoo.trained_cascade_rnet()
+    spec = InputSpec((TensorSpec("x", (1, 3, 24, 24), "float32", "NCHW"),),
+                     (TensorSpec("box", (1, 4), "float32"), TensorSpec("prob", (1, 10), "float32")))
+    calib = ArrayCalibrationSet([{"x": s[None]} for s in data["train_x"][:64]])
+    m = convert(model, spec, Precision.INT8, tmp_path / "rnet.tflite", calib)
+    assert set(m.ops) == {"CONV_2D", "PRELU", "MAX_POOL_2D", "TRANSPOSE", "RESHAPE", "FULLY_CONNECTED", "SOFTMAX"}
+    interp = _interpreter(m.path)
+    dtypes = {d["index"]: d["dtype"] for d in interp.get_tensor_details()}
+    for op in interp._get_ops_details():
+        if op["op_name"] in ("PRELU", "SOFTMAX"):
+            assert all(dtypes[i] == np.int8 for i in [*op["inputs"], *op["outputs"]]), op
+    # Only INT8 conversions lower PReLU to one op: litert-torch's decomposition is back for the others.
+    assert torch.ops.aten._prelu_kernel.default in decomp.pre_convert_decomp()
+    x, labels = data["held_x"], data["held_y"]
+    with runner_mod.TFLiteRunner(m.path, spec, m.inputs, m.outputs) as runner:
+        got = runner.infer({"x": x})
+    with torch.no_grad():
+        box, prob = (t.numpy() for t in model(torch.from_numpy(x)))
+    for out, ref in ((got["box"], box), (got["prob"], prob)):
+        cosine = float((out * ref).sum() / (np.linalg.norm(out) * np.linalg.norm(ref)))
+        assert cosine > 0.999, cosine
+    q, f = got["prob"].argmax(1), prob.argmax(1)
+    assert (q == f).mean() >= 0.99
+    assert ((f == labels).mean() - (q == labels).mean()) * 100 <= 1.0
+
+
 def test_runner_runs_a_batch_row_by_row(digits):
     _, _, evaluation, _, arts = digits
     art = arts[Precision.INT8]

@@ -300,6 +300,153 @@ def test_cpu_fallback_fails_unless_allowed(tmp_path, one_torch_thread):
     assert art.metadata["firmware"]["resolver"] == ["AddEthosU", "AddMaxPool2D"]
 
 
+# --- activations and the face cascade: single int8 ops, registered, run by TFLM, placed on the NPU ------------
+
+#: Ops of tflm_models.Activations that litert-torch's quantizer left float (PReLU as RELU/MUL/SUB, Softmax) or
+#: quantized with a neighbour's scale (a Tanh through a concat with a Sigmoid lost its negative half).
+ACTIVATION_OPS = ("PRELU", "LOGISTIC", "TANH", "HARD_SWISH", "LEAKY_RELU", "MUL", "CONCATENATION", "PAD",
+                  "RESIZE_NEAREST_NEIGHBOR", "MEAN", "SOFTMAX")
+#: The only output quantization (scale, zero point) the int8 kernels of LiteRT and TFLM take.
+FIXED_OUTPUT = {"LOGISTIC": (1 / 256, -128), "SOFTMAX": (1 / 256, -128), "TANH": (1 / 128, 0)}
+NPU = "ethos-u55-256"
+
+
+def _op_tensors(path):
+    """(op name, input tensor details, output tensor details) per op, in order, as LiteRT reads them."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    # No XNNPack: it would replace the ops it runs with one DELEGATE node.
+    interp = Interpreter(model_path=str(path),
+                         experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    interp.allocate_tensors()
+    tensors = {d["index"]: d for d in interp.get_tensor_details()}
+    return [(op["op_name"], [tensors[i] for i in op["inputs"] if i >= 0], [tensors[i] for i in op["outputs"]])
+            for op in interp._get_ops_details()]
+
+
+def _cosine(a, b):
+    a, b = np.ravel(a).astype(np.float64), np.ravel(b).astype(np.float64)
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+@pytest.fixture(scope="module")
+def activations(tmp_path_factory, one_torch_thread):
+    """tflm_models.Activations built for cortex-m4 (default options), and 16 samples with torch's outputs."""
+    tmp = tmp_path_factory.mktemp("activations")
+    loaded = _loaded(tmp, tflm_models.Activations)
+    (art,) = TFLMTarget().build(loaded, Precision.INT8, _calib((1, 3, 16, 16), 16), tmp / "out")
+    x = np.random.default_rng(1).random((16, 3, 16, 16), dtype=np.float32)
+    with torch.no_grad():
+        ref = tflm_models.build(tflm_models.Activations)(torch.from_numpy(x)).numpy()
+    return art, x, ref
+
+
+def test_activations_are_single_int8_ops_the_resolver_registers(activations):
+    art, _, _ = activations
+    used = ops.model_ops(art.path)
+    assert set(ACTIVATION_OPS) <= set(used), used
+    assert used.count("PRELU") == 1 and used.count("SOFTMAX") == 1  # one op each, not a decomposition
+    assert not {"DEQUANTIZE", "RELU", "SUB"} & set(used) and ops.float_ops(art.path) == []
+    for name, inputs, outputs in _op_tensors(art.path):
+        assert inputs[0]["dtype"] == np.int8 and all(t["dtype"] == np.int8 for t in outputs), name
+        if name in FIXED_OUTPUT:
+            scale, zero_point = outputs[0]["quantization"]
+            assert (scale, zero_point) == pytest.approx(FIXED_OUTPUT[name]), name
+        if name == "PRELU":  # per-channel slopes, one int8 scale for them all (TFLM's PRELU takes one)
+            slopes = inputs[1]
+            assert slopes["dtype"] == np.int8 and tuple(slopes["shape"]) == (1, 1, 8)
+            assert len(slopes["quantization_parameters"]["scales"]) == 1
+    header = (art.path.parent / firmware.FOLDER / firmware.RESOLVER_H).read_text()
+    for op in ACTIVATION_OPS:
+        method = ops.resolver_method(op)
+        assert method in art.metadata["firmware"]["resolver"] and f"resolver.{method}()" in header, op
+
+
+def test_activations_run_in_tflm_like_torch(activations):
+    art, x, ref = activations
+    assert art.metadata["arena"]["minimum_bytes"] > 0
+    with TFLMTarget().open(art) as runner:
+        got = runner.infer({"x": x})["output"]
+    assert got.shape == ref.shape == (16, 4)
+    assert _cosine(got, ref) > 0.999 and np.abs(got - ref).max() < 0.02, (_cosine(got, ref), np.abs(got - ref).max())
+
+
+def test_activations_run_on_the_ethos_u_npu(activations, tmp_path):
+    art, _, _ = activations
+    b = board(NPU)
+    rep = vela.compile_model(art.path, tmp_path, b.npu, b.vela_system_config, b.vela_memory_mode)
+    vela.judge(rep, "activations", allow_cpu_fallback=False)
+    assert rep.cpu_ops == 0 and rep.cpu_op_names == [] and ops.model_ops(rep.optimised) == ["ethos-u"]
+
+
+@pytest.fixture(scope="module")
+def cascade(tmp_path_factory, one_torch_thread):
+    """The zoo's face cascade, RNet (trained on digits) and PNet (fully convolutional), built through the
+    installed edgec with default flags for `mcu` (cortex-m4) and ethos-u55-256."""
+    import zoo
+
+    root = tmp_path_factory.mktemp("cascade")
+    built = {}
+    for name, make in (("rnet", zoo.make_cascade), ("pnet", zoo.make_pnet)):
+        (root / name).mkdir()
+        case = make(root / name)
+        out = root / f"{name}-out"
+        r = run_edgec("build", case.checkpoint, *case.args, "--target", "mcu", "--target", NPU,
+                      "--calib", case.calib, "--out", out)
+        assert r.returncode == 0, r.stderr
+        manifest = json.loads((out / "manifest.json").read_text())
+        built[name] = case, {a["metadata"]["profile"]: Artifact.from_dict(a, root=out) for a in manifest["artifacts"]}
+    return built
+
+
+@pytest.mark.parametrize("name, used, prelus", [
+    ("rnet", {"CONV_2D", "PRELU", "MAX_POOL_2D", "TRANSPOSE", "RESHAPE", "FULLY_CONNECTED", "SOFTMAX"}, 4),
+    ("pnet", {"CONV_2D", "PRELU", "MAX_POOL_2D", "SOFTMAX"}, 3),
+])
+def test_cascade_is_full_integer_on_the_cpu_and_the_npu(cascade, name, used, prelus):
+    """litert-torch's quantizer left each PReLU as DEQUANTIZE, RELU, MUL, MUL, SUB, QUANTIZE and the Softmax
+    float: every mcu profile refused the cascade."""
+    _, arts = cascade[name]
+    cpu, npu = arts["cortex-m4"], arts[NPU]
+    model_ops = ops.model_ops(cpu.path)
+    assert set(model_ops) == used and model_ops.count("PRELU") == prelus and model_ops.count("SOFTMAX") == 1
+    assert ops.float_ops(cpu.path) == []
+    assert cpu.metadata["firmware"]["resolver"] == [ops.resolver_method(op) for op in ops.unique_ops(model_ops)]
+    assert cpu.metadata["arena"]["minimum_bytes"] > 0
+    v = npu.metadata["vela"]
+    assert v["npu_ops"] > 0 and v["cpu_ops"] == 0 and v["cpu_op_names"] == []
+    assert npu.metadata["firmware"]["resolver"] == ["AddEthosU"]
+    for art in (cpu, npu):
+        folder = art.path.parent / firmware.FOLDER
+        assert sorted(p.name for p in folder.iterdir()) == sorted(firmware.FILES)
+    assert "| ops left to TFLM on the CPU (vela) | none |" in (npu.path.parent / firmware.FOLDER / firmware.README).read_text()
+
+
+@pytest.mark.parametrize("name", ["rnet", "pnet"])
+def test_cascade_int8_agrees_with_torch(cascade, name):
+    from edgec.compiler.modelio import torch_run
+
+    case, arts = cascade[name]
+    loaded = load_checkpoint(case.checkpoint)
+    (x_name,), names = loaded.spec.input_names, [t.name for t in loaded.spec.outputs]
+    if case.eval_data:
+        with np.load(case.eval_data) as data:
+            x = data["x"]
+    else:
+        x = np.random.default_rng(1).random((32, 3, 32, 32), dtype=np.float32)
+    rows = [torch_run(loaded.module, {x_name: row[None]}, [x_name]) for row in x]  # the export's batch is 1
+    ref = [np.concatenate(outs) for outs in zip(*rows)]
+    with TFLMTarget().open(arts["cortex-m4"]) as runner:
+        got = runner.infer({x_name: x})
+    for n, r in zip(names, ref):
+        assert _cosine(got[n], r) > 0.999, (n, _cosine(got[n], r))
+    if case.labels:  # RNet: the class probabilities
+        labels = np.load(case.labels)
+        q, f = got[names[1]].argmax(1), ref[1].argmax(1)
+        assert (q == f).mean() >= 0.99
+        assert ((f == labels).mean() - (q == labels).mean()) * 100 <= 1.0
+
+
 # --- refusals -----------------------------------------------------------------------------------------------
 
 
