@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -180,3 +181,81 @@ def raise_opset(model: Any, opset: int = MIN_OPSET) -> tuple[Any, str | None]:
         return onnx.version_converter.convert_version(model, opset), None
     except Exception as exc:
         return model, f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+
+
+def name_nodes(model: Any) -> int:
+    """Give every unnamed node a unique name (in place), so node lists and error messages can name it."""
+    taken = {n.name for n in model.graph.node if n.name}
+    named = 0
+    for i, node in enumerate(model.graph.node):
+        if not node.name:
+            base = f"{node.op_type}_{i}"
+            name = base
+            k = 0
+            while name in taken:
+                k += 1
+                name = f"{base}_{k}"
+            node.name = name
+            taken.add(name)
+            named += 1
+    return named
+
+
+WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
+@dataclasses.dataclass
+class GraphStructure:
+    """What INT8 first tries depend on, read from an FP32 ONNX graph.
+
+    ``weighted``: Conv/ConvTranspose/Gemm/MatMul nodes with a constant weight (what int8 kernels speed up);
+    ``attention``: MatMuls of two computed tensors fed by a Softmax (attention scores x values), the mark of a
+    transformer, whose Softmax, LayerNorm, GELU and mask arithmetic INT8 ranges cannot hold;
+    ``tail``: nodes after the last weighted node on every path to an output (a detector's box decoding and
+    concat of boxes with scores, pooling and normalisation after an encoder's last layer), where one int8 scale
+    would have to span unrelated ranges.
+    """
+
+    weighted: list[str]
+    attention: list[str]
+    tail: list[str]
+
+    @property
+    def is_attention_model(self) -> bool:
+        return bool(self.attention)
+
+
+def graph_structure(model: Any) -> GraphStructure:
+    constants = {i.name for i in model.graph.initializer}
+    constants |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    producer = {o: n for n in model.graph.node for o in n.output}
+    consumers: dict[str, list[Any]] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    weighted = [n.name for n in model.graph.node if n.op_type in WEIGHTED_OPS and any(i in constants for i in n.input[1:2])]
+
+    def fed_by_softmax(tensor: str, depth: int = 4) -> bool:
+        node = producer.get(tensor)
+        while node is not None and depth > 0:
+            if node.op_type == "Softmax":
+                return True
+            if not node.input:
+                return False
+            node, depth = producer.get(node.input[0]), depth - 1
+        return False
+
+    attention = [
+        n.name for n in model.graph.node
+        if n.op_type == "MatMul" and not any(i in constants for i in n.input) and any(fed_by_softmax(i) for i in n.input)
+    ]
+    # Nodes from which no weighted node can be reached: walk consumers forward from each node (memoised).
+    weighted_set = set(weighted)
+    reaches: dict[str, bool] = {}
+    for node in reversed(model.graph.node):  # topological order: consumers are already known
+        reaches[node.name] = any(
+            c.name in weighted_set or reaches.get(c.name, False) for o in node.output for c in consumers.get(o, [])
+        )
+    tail = [n.name for n in model.graph.node
+            if weighted and not reaches[n.name] and n.name not in weighted_set and n.op_type != "Constant"]
+    return GraphStructure(weighted, attention, tail)

@@ -68,6 +68,10 @@ class Pipeline:
         self.records[stage.writes] = StageRecord(stage.label, self._keys[stage.writes], stage.options())
         return stage.writes
 
+    def producer(self, name: str) -> Stage:
+        """The stage that writes the value ``name``."""
+        return self._producer[name]
+
     def key(self, name: str) -> str:
         return self._keys[name]
 

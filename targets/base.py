@@ -121,6 +121,11 @@ class Target(abc.ABC):
     def build(self, model: Any, precision: Precision, calibration: Any, out_dir: Path) -> list[Artifact]:
         """Write this precision's artifacts into ``out_dir`` and describe them."""
 
+    def keep_in_higher_precision(self, nodes: list[str]) -> Target | None:
+        """A copy of this target that keeps ``nodes`` (nodes of the FP32 ONNX export, worst first) in higher
+        precision in its INT8 artifact, or None when it has no way to (a full-integer microcontroller build)."""
+        return None
+
     def finish_folder(self, folder: Path, artifacts: list[Artifact]) -> list[Path]:
         """Write files that describe a whole profile folder once all its precisions are in it (a bundle
         manifest, a README); returns them. Most targets have none."""

@@ -559,8 +559,9 @@ def _aten_ops(names: Any) -> dict[Any, str]:
     return found
 
 
-def _int8_quantizer(base: type) -> type:
-    """litert-torch's PT2E quantizer, also annotating the ops its own annotator leaves float.
+def _int8_quantizer(base: type, keep_float: frozenset[str] = frozenset()) -> type:
+    """litert-torch's PT2E quantizer, also annotating the ops its own annotator leaves float; the graph nodes
+    named in ``keep_float`` stay float (their annotations are removed, and nothing annotates them again).
 
     Its annotators find most ops through ``source_fn_stack``, which ``torch.export(strict=False)`` leaves empty,
     and know no PReLU, Tanh, HardSwish or LeakyReLU: such ops stay float between a DEQUANTIZE and a QUANTIZE
@@ -612,6 +613,9 @@ def _int8_quantizer(base: type) -> type:
     class Int8Quantizer(base):  # type: ignore[misc, valid-type]
         def annotate(self, model: Any) -> Any:
             model = super().annotate(model)
+            for node in model.graph.nodes:
+                if node.name in keep_float:
+                    node.meta.pop("quantization_annotation", None)
             config = self.global_config
             if config is None or config.input_activation is None:
                 return model
@@ -622,7 +626,8 @@ def _int8_quantizer(base: type) -> type:
                 return SharedQuantizationSpec(x) if has_output_qspec(x) else act_in
 
             for node in model.graph.nodes:
-                if node.op != "call_function" or annotated(node) or not _is_float_tensor(node):
+                if (node.op != "call_function" or annotated(node) or not _is_float_tensor(node)
+                        or node.name in keep_float):
                     continue
                 tensors = [a for a in node.args if isinstance(a, torch.fx.Node)]
                 if node.target == cat:
@@ -745,6 +750,7 @@ def _prelu_as_one_op() -> Iterator[None]:
 def _convert_int8(
     module: Any, wrapper: Any, args: tuple, spec: InputSpec, in_perm: list, calibration: CalibrationSet,
     out: Path, source: str, observer: str, per_channel: bool, histogram_bins: int,
+    keep_nodes: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     import litert_torch
     import torch
@@ -755,10 +761,11 @@ def _convert_int8(
     from edgec.compiler.modelio import one_torch_thread
 
     config = _observer_config(observer, per_channel, histogram_bins)
-    quantizer = _int8_quantizer(pt2e_quantizer.PT2EQuantizer)().set_global(config)
     try:
         with quiet_litert():
             graph = torch.export.export(wrapper, args, strict=False).module()
+            keep = frozenset(_fx_names(graph.graph, keep_nodes))
+            quantizer = _int8_quantizer(pt2e_quantizer.PT2EQuantizer, keep)().set_global(config)
             prepared = prepare_pt2e(graph, quantizer)
     except Exception as exc:
         raise _conversion_error(exc, source, "PT2E export for INT8", module) from None
@@ -781,7 +788,84 @@ def _convert_int8(
             edge.export(str(out))
     except Exception as exc:
         raise _conversion_error(exc, source, "INT8 conversion", module) from None
-    return {"calibration_rows": rows}
+    return {"calibration_rows": rows, "kept_float": sorted(keep)}
+
+
+def _fx_names(graph: Any, onnx_nodes: tuple[str, ...]) -> list[str]:
+    """The nodes of an exported graph that ONNX nodes of the FP32 export correspond to.
+
+    The dynamo exporter names each ONNX node ``node_<fx name>``, and FX names a graph's nodes ``<op>``,
+    ``<op>_1``, ... in order; edgec's layout wrapper adds nodes of its own (a permute) that shift those counters,
+    so nodes are matched by op name and rank among the model's own nodes, not by name. ONNX nodes named
+    otherwise (a model exported through the TorchScript exporter) have no counterpart and are skipped.
+    """
+    import re
+
+    wanted = {}
+    for name in onnx_nodes:
+        m = re.fullmatch(r"node_([A-Za-z_]+?)(?:_(\d+))?", name)
+        if m:
+            wanted[(m.group(1), int(m.group(2) or 0))] = name
+    counts: dict[str, int] = {}
+    found = []
+    for node in graph.nodes:
+        stack = node.meta.get("nn_module_stack") or {}
+        if node.op != "call_function" or len(stack) < 2:  # edgec's wrapper sits at the root of the stack
+            continue
+        m = re.fullmatch(r"([A-Za-z_]+?)(?:_(\d+))?", node.name)
+        base = m.group(1) if m else node.name
+        rank = counts.get(base, 0)
+        counts[base] = rank + 1
+        if (base, rank) in wanted:
+            found.append(node.name)
+    return found
+
+
+def _to_dynamic_int8(src: Path, out: Path) -> None:
+    """int8 FULLY_CONNECTED weights per output channel, activations float and quantized per call by the kernel
+    (TFLite's dynamic-range quantization, through ai-edge-quantizer): what attention models need, whose
+    activation outliers no static range holds (a full-integer BERT-style encoder loses its embeddings)."""
+    try:
+        from ai_edge_quantizer import qtyping, quantizer
+    except ImportError:
+        raise missing_dependency("ai-edge-quantizer", "arm", "dynamic-range INT8 TFLite models") from None
+    q = quantizer.Quantizer(str(src))
+    q.add_dynamic_config(regex=".*", operation_name=qtyping.TFLOperationName.FULLY_CONNECTED, num_bits=8,
+                         granularity=qtyping.QuantGranularity.CHANNELWISE)
+    try:
+        with quiet_litert():
+            result = q.quantize()
+    except Exception as exc:
+        raise QuantizationError(
+            f"ai-edge-quantizer could not quantize the weights of '{src.name}': {' '.join(str(exc).split())[:300]}",
+            hint="set target_options: {tflite: {int8_mode: static}} in the recipe, or build fp32/fp16",
+        ) from None
+    out.write_bytes(bytes(result.quantized_model))
+
+
+def is_attention_graph(graph: Any) -> bool:
+    """Whether an exported torch graph holds attention: a softmax whose output (through view/transpose/dropout)
+    is multiplied with another computed tensor."""
+    import torch
+
+    ops = torch.ops.aten
+    softmax = {ops._softmax.default, ops.softmax.int}
+    passing = {ops.view.default, ops.reshape.default, ops.transpose.int, ops.permute.default, ops.clone.default,
+               ops.dropout.default, ops._to_copy.default, ops.expand.default, ops.contiguous.default}
+    products = {ops.matmul.default, ops.bmm.default, ops.mm.default}
+    for node in graph.nodes:
+        if node.op != "call_function" or node.target not in softmax:
+            continue
+        frontier = list(node.users)
+        for _ in range(6):
+            nxt = []
+            for user in frontier:
+                if user.target in products:
+                    return True
+                if user.target in passing:
+                    nxt.extend(user.users)
+            frontier = nxt
+    return False
 
 
 _PROBE = """import sys
@@ -858,6 +942,8 @@ def convert(
     per_channel: bool = True,
     histogram_bins: int = 2048,
     source: str | None = None,
+    int8_mode: str = "static",
+    keep_nodes: tuple[str, ...] = (),
 ) -> TFLiteModel:
     """Convert a torch module to ``out`` (.tflite) at ``precision``.
 
@@ -870,6 +956,10 @@ def convert(
         channels_last_io: image inputs (4-D float NCHW) become NHWC in the file, as TFLite runtimes expect.
         observer, per_channel, histogram_bins: the INT8 activation observer and weight granularity.
         source: what to call the model in messages (its checkpoint path).
+        int8_mode: "static" (full integer, PT2E), "dynamic" (int8 FULLY_CONNECTED weights, float activations:
+            not for microcontrollers), or "auto" (dynamic for attention models, static otherwise).
+        keep_nodes: nodes of the FP32 ONNX export whose counterparts stay float in a static INT8 model (the
+            accuracy fallback's choice; see ``_fx_names``).
     """
     source = source or type(module).__name__
     if observer not in OBSERVERS:
@@ -915,10 +1005,26 @@ def convert(
     started = time.perf_counter()
     wrapper = _wrap(module, in_perm, out_perm)
     args = _sample_args(spec, in_perm)
-    if precision == Precision.INT8:
+    if precision == Precision.INT8 and int8_mode == "auto":
+        with quiet_litert():
+            graph = torch.export.export(wrapper, args, strict=False).graph
+        int8_mode = "dynamic" if is_attention_graph(graph) else "static"
+        info["int8_mode_reason"] = ("auto: attention model: dynamic-range weights" if int8_mode == "dynamic"
+                                    else "auto: no attention: full integer")
+    if precision == Precision.INT8 and int8_mode == "dynamic":
+        with tempfile.TemporaryDirectory() as tmp:
+            fp32 = Path(tmp) / "fp32.tflite"
+            _convert_float(wrapper, args, fp32, source, module)
+            _to_dynamic_int8(fp32, out)
+        info["quantization"] = {
+            "method": "dynamic range (ai-edge-quantizer): int8 FULLY_CONNECTED weights per channel, float "
+                      "activations quantized per call",
+            "weights": "int8 symmetric per-channel", "activations": "float32",
+        }
+    elif precision == Precision.INT8:
         info.update(
             _convert_int8(module, wrapper, args, spec, in_perm, calibration, out, source, observer,
-                          per_channel, histogram_bins)
+                          per_channel, histogram_bins, keep_nodes)
         )
         probe(out, source, "INT8")  # before the interface rewrite opens it in this process
         info["quantization"] = {

@@ -94,3 +94,33 @@ def _at_min_opset(src: Path, tmp: Path, purpose: str) -> Path:
     path = tmp / src.name
     save_model(raised, path)
     return path
+
+
+def quantize_dynamic_int8(src: Path, out: Path, *, per_channel: bool = True, reduce_range: bool = False,
+                          exclude: list[str] | None = None) -> None:
+    """Write ``out``: int8 weights (per output channel) for every MatMul/Gemm with a constant weight, activations
+    quantized per call from their own range (ONNX Runtime's dynamic quantization). No calibration data is used:
+    what attention models need, whose activation outliers no static range holds."""
+    try:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+    except ImportError:
+        raise missing_dependency("onnxruntime", "onnx", "dynamic INT8 quantization") from None
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        with tempfile.TemporaryDirectory(prefix="edgec-dyn-") as tmp, contextlib.redirect_stdout(io.StringIO()):
+            quantize_dynamic(
+                str(_at_min_opset(Path(src), Path(tmp), "dynamic INT8 quantization")), str(out),
+                op_types_to_quantize=["MatMul", "Gemm"], per_channel=per_channel, reduce_range=reduce_range,
+                weight_type=QuantType.QInt8, nodes_to_exclude=exclude or [],
+            )
+    except QuantizationError:
+        raise
+    except Exception as exc:
+        raise QuantizationError(
+            f"dynamic INT8 quantization of '{Path(src).name}' failed: {' '.join(str(exc).split())[:300]}",
+            hint="set target_options: {onnxruntime: {int8_mode: static}} in the recipe, or build fp32/fp16 only",
+        ) from None
+    finally:
+        root.setLevel(level)

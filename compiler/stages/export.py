@@ -17,7 +17,7 @@ import numpy as np
 from edgec.compiler.context import BuildContext, quiet_tools
 from edgec.compiler.errors import ExportError, missing_dependency
 from edgec.compiler.modelio import one_torch_thread, torch_run
-from edgec.compiler.onnxutil import constants_to_initializers, opset_of, ort_session, save_model
+from edgec.compiler.onnxutil import constants_to_initializers, name_nodes, opset_of, ort_session, save_model
 from edgec.compiler.stage import Stage
 from edgec.compiler.stages.load import onnx_spec
 from edgec.compiler.types import CalibrationSet, InputSpec, LoadedModel, OnnxModel, TensorSpec
@@ -57,6 +57,9 @@ class ExportStage(Stage):
         info["constants_moved"] = constants_to_initializers(model)
         if self.slim:
             model = _slim(model, info)
+        # Every node named, once, here: sensitivity analysis and the fallback name nodes, and every target
+        # quantizes this file, so the names must be the same everywhere.
+        info["nodes_named"] = name_nodes(model)
         try:
             onnx.checker.check_model(model, full_check=False)
             if info.get("slim") == "applied":

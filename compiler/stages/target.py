@@ -18,18 +18,21 @@ from edgec.compiler.types import Artifact, Precision
 class TargetStage(Stage):
     name = "target"
 
-    def __init__(self, target: Any, folder: str, precision: Precision, source: str = "model"):
+    def __init__(self, target: Any, folder: str, precision: Precision, source: str = "model", variant: str = ""):
         self.target = target
         self.folder = folder
         self.precision = precision
+        self.source = source
         # A torch-consuming target reads the model after pruning/distillation (``source``), not the loaded one.
         self.reads = tuple(source if value == "model" else value for value in target.reads(precision))
-        self.writes = f"artifacts:{folder}/{precision.value}"
+        # A variant (the accuracy fallback's rebuild with other options) writes a value of its own.
+        self.writes = f"artifacts:{folder}/{precision.value}" + (f"#{variant}" if variant else "")
+        self.variant = variant
         self.tools = tuple(getattr(target, "tools", ()))
 
     @property
     def label(self) -> str:
-        return f"{self.folder}/{self.precision.value}"
+        return f"{self.folder}/{self.precision.value}" + (f" ({self.variant})" if self.variant else "")
 
     def options(self) -> dict[str, Any]:
         opts = self.target.options

@@ -263,11 +263,11 @@ def _add_compression(pipeline: Pipeline, recipe: Recipe, plan: _Plan, report: Re
 
 def build(recipe: Recipe, report: Reporter = silent_reporter, cache_dir: Path | None = None) -> BuildResult:
     """Run ``edgec build``: every artifact lands in ``recipe.out`` at once, or nothing does."""
-    from edgec.calibration_data import load_dataset
     from edgec.compiler.stages.calibrate import CalibrateStage
     from edgec.compiler.stages.export import ExportStage, VerifyStage
     from edgec.compiler.stages.load import LoadStage, checkpoint_key, detect_format
     from edgec.compiler.stages.target import TargetStage
+    from edgec.verification import Build
 
     plan = plan_build(recipe)
     out = plan.out.resolve()
@@ -284,37 +284,37 @@ def build(recipe: Recipe, report: Reporter = silent_reporter, cache_dir: Path | 
         pipeline.add(ExportStage(opset=recipe.opset, slim=recipe.slim, source=final))
         onnx_model = pipeline.value("onnx")
 
-        calibration = None
-        if recipe.calib:
-            report(f"[calibration data] reading {recipe.calib}")
-            calibration = load_dataset(
-                recipe.calib, onnx_model.spec, samples=recipe.calib_samples, seed=recipe.seed,
-                preprocess=recipe.preprocess or None, role="calibration",
-            )
+        calibration, held = _data(recipe, plan, onnx_model, report)
         pipeline.seed("calibration", calibration, calibration.fingerprint if calibration is not None else "none")
+        tasks = _tasks(recipe, onnx_model, held, report)
         checks = [pipeline.add(VerifyStage(source=final))]
         if plan.needs_int8:
             pipeline.add(CalibrateStage(recipe.calibration_method))
-        stage_names = [pipeline.add(TargetStage(target, profile.folder, p, source=final)) for profile, target, p in plan.builds]
-        pipeline.run(checks + stage_names)
+        builds = [
+            Build(pipeline.add(TargetStage(target, profile.folder, p, source=final)), profile.folder, target, p)
+            for profile, target, p in plan.builds
+        ]
+        pipeline.run(checks + [b.stage for b in builds])
+        shipped = _verify(pipeline, recipe, builds, onnx_model, held, tasks, report)
 
         partial.mkdir()
         artifacts: list[Artifact] = []
-        for name in stage_names:
-            folder = name.split(":", 1)[1].split("/")[0]
-            dest = partial / folder
+        for build_, (stage, record) in zip(builds, shipped):
+            dest = partial / build_.folder
             dest.mkdir(exist_ok=True)
-            for art in pipeline.value(name):
+            for art in pipeline.value(stage):
                 target_path = dest / art.path.name
                 shutil.copyfile(art.path, target_path)
                 art.path = target_path
-                art.metadata = {**art.metadata, "profile": folder}
+                art.metadata = {**art.metadata, "profile": build_.folder, "verification": record}
                 artifacts.append(art)
         for profile, target in {p.folder: t for p, t, _ in plan.builds}.items():
             folder = partial / profile
             target.finish_folder(folder, [a for a in artifacts if a.path.parent == folder])
         manifest = _manifest(recipe, plan, ckpt_sha, detect_format(plan.checkpoint), onnx_model, calibration,
                              pipeline, artifacts, partial)
+        manifest["tasks"] = [t.to_dict() for t in tasks]
+        manifest["verification"] = held.to_dict() if held is not None else "skipped (--no-verify)"
         (partial / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
         _write_recipe(recipe, partial / RECIPE_FILE)
         if recipe.tensorboard:
@@ -327,6 +327,60 @@ def build(recipe: Recipe, report: Reporter = silent_reporter, cache_dir: Path | 
     finally:
         shutil.rmtree(partial, ignore_errors=True)
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _data(recipe: Recipe, plan: _Plan, onnx_model: Any, report: Reporter) -> tuple[Any, Any]:
+    """The calibration set, and the held-out data verification runs on (None with --no-verify or when nothing is
+    compressed): --verify-data, else a seeded part of --calib kept out of calibration, else random inputs."""
+    from edgec.calibration_data import load_dataset
+    from edgec.verification import HeldOut, random_holdout, split_holdout
+
+    verifying = recipe.verify and any(p != Precision.FP32 for _, _, p in plan.builds)
+    calibration = None
+    if recipe.calib:
+        report(f"[calibration data] reading {recipe.calib}")
+        calib_labels = recipe.verify_labels if verifying and not recipe.verify_data else None
+        calibration = load_dataset(
+            recipe.calib, onnx_model.spec, samples=recipe.calib_samples, seed=recipe.seed,
+            preprocess=recipe.preprocess or None, role="calibration", labels=calib_labels,
+        )
+    if not verifying:
+        return calibration, None
+    if recipe.verify_data:
+        report(f"[verification data] reading {recipe.verify_data}")
+        data = load_dataset(recipe.verify_data, onnx_model.spec, seed=recipe.seed, preprocess=recipe.preprocess or None,
+                            role="evaluation", labels=recipe.verify_labels)
+        return calibration, HeldOut(data.samples, f"--verify-data {recipe.verify_data} ({len(data)} samples)",
+                                    getattr(data, "labels", None))
+    if calibration is not None:
+        return split_holdout(calibration, recipe.seed)
+    return calibration, random_holdout(onnx_model.spec)
+
+
+def _tasks(recipe: Recipe, onnx_model: Any, held: Any, report: Reporter) -> list[Any]:
+    """Each output's task: declared (--output-task, recipe outputs:), else inferred from the graph; printed."""
+    import onnx
+
+    from edgec.compiler.tasks import resolve_tasks
+
+    model = onnx.load(str(onnx_model.path), load_external_data=False)
+    tasks = resolve_tasks(onnx_model.spec, recipe.outputs, model, has_labels=held is not None and held.labels is not None)
+    for t in tasks:
+        report(f"[tasks] {t.describe()}")
+    return tasks
+
+
+def _verify(pipeline: Any, recipe: Recipe, builds: list[Any], onnx_model: Any, held: Any, tasks: list[Any],
+            report: Reporter) -> list[tuple[str, dict[str, Any] | str]]:
+    """Per build, the pipeline value holding the artifacts to ship and their verification record."""
+    from edgec.benchmarks.verify import Budget
+    from edgec.verification import Verifier
+
+    if held is None:  # --no-verify, or only FP32 was built
+        return [(b.stage, "reference" if b.precision == Precision.FP32 else "skipped (--no-verify)") for b in builds]
+    verifier = Verifier(pipeline, onnx_model, held, tasks, Budget(recipe.max_accuracy_drop, recipe.min_cosine),
+                        report)
+    return [verifier.verify(b) if b.precision != Precision.FP32 else (b.stage, "reference") for b in builds]
 
 
 def _manifest(recipe, plan, ckpt_sha, fmt, onnx_model, calibration, pipeline, artifacts, root) -> dict[str, Any]:

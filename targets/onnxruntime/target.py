@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Any
 
 from edgec.compiler.errors import QuantizationError, TargetBuildError, missing_dependency
-from edgec.compiler.onnxutil import kernel_counts, ort_session, save_model, topological_sort
+from edgec.compiler.onnxutil import graph_structure, kernel_counts, ort_session, save_model, topological_sort
 from edgec.compiler.types import Artifact, CalibrationStats, InputSpec, ModelFormat, OnnxModel, Precision, sha256_file
 from edgec.targets.base import Target, require_packages
 from edgec.targets.onnxruntime.runner import OnnxRuntimeRunner
-from edgec.targets.qdq import quantize_qdq
+from edgec.targets.qdq import quantize_dynamic_int8, quantize_qdq
 
 
 @dataclasses.dataclass
@@ -38,6 +38,20 @@ class OnnxRuntimeOptions:
     )
     fp16_keep_io_types: bool = dataclasses.field(
         default=True, metadata={"help": "FP16 models keep float32 inputs and outputs"}
+    )
+    int8_mode: str = dataclasses.field(
+        default="auto",
+        metadata={
+            "help": "static: QDQ with calibrated activation ranges; dynamic: int8 weights, activations quantized "
+            "per call (ONNX Runtime's MatMulInteger); auto = dynamic for attention models (static ranges cannot "
+            "hold their outlier channels), static otherwise",
+            "choices": ("auto", "static", "dynamic"),
+        },
+    )
+    keep_float: list = dataclasses.field(
+        default_factory=list,
+        metadata={"help": "nodes of the FP32 export left in float in INT8 models (the build's accuracy fallback "
+                  "fills it; names as `edgec compare` prints them)"},
     )
 
 
@@ -114,23 +128,7 @@ class OnnxRuntimeTarget(Target):
         else:
             if not isinstance(calibration, CalibrationStats):
                 raise QuantizationError("INT8 needs calibration statistics", hint="pass --calib PATH")
-            quantize_qdq(
-                calibration, model.path, out, activation=self.options.int8_activation,
-                per_channel=self.options.per_channel, reduce_range=self.options.reduce_range,
-            )
-            fusion = fusion_report(out)
-            meta.update(
-                {
-                    "quantization": "QDQ",
-                    "flavour": "U8S8" if self.options.int8_activation == "uint8" else "S8S8",
-                    "per_channel": self.options.per_channel,
-                    "reduce_range": self.options.reduce_range,
-                    "reduce_range_reason": self.reduce_range_reason,
-                    "calibration_method": calibration.method,
-                    "calibration_samples": calibration.samples,
-                    "fusion": fusion,
-                }
-            )
+            meta.update(self._int8(model, calibration, out))
         if precision != Precision.FP32:  # the FP32 file is the export, checked when it was written
             try:
                 onnx.checker.check_model(str(out))
@@ -138,6 +136,58 @@ class OnnxRuntimeTarget(Target):
                 raise TargetBuildError(f"the {precision.value} model '{out.name}' is invalid: {exc}") from None
         spec = InputSpec(model.spec.inputs, model.spec.outputs)
         return [Artifact(out, ModelFormat.ONNX, precision, self.name, spec, sha256_file(out), meta)]
+
+    def _int8(self, model: OnnxModel, stats: CalibrationStats, out: Path) -> dict[str, Any]:
+        """The INT8 file and what the manifest records of it. First tries by structure: attention models get
+        dynamic quantization; elsewhere static QDQ leaves the nodes after the last weighted layer (a detector's
+        decoding, an encoder's pooling) in float, so one scale never spans boxes and scores."""
+        import onnx
+
+        opts = self.options
+        structure = graph_structure(onnx.load(str(model.path), load_external_data=False))
+        mode = opts.int8_mode
+        if mode == "auto":
+            mode = "dynamic" if structure.is_attention_model else "static"
+        keep = sorted(set(opts.keep_float))
+        meta: dict[str, Any] = {"quantization": "QDQ" if mode == "static" else "dynamic", "int8_mode": mode,
+                                "int8_mode_reason": self._mode_reason(opts.int8_mode, structure)}
+        if mode == "dynamic":
+            quantize_dynamic_int8(model.path, out, per_channel=opts.per_channel, reduce_range=opts.reduce_range,
+                                  exclude=keep)
+            meta.update({"flavour": "dynamic U8S8 (MatMulInteger)", "per_channel": opts.per_channel,
+                         "reduce_range": opts.reduce_range, "reduce_range_reason": self.reduce_range_reason})
+        else:
+            tail = [n for n in structure.tail if n not in keep]
+            quantize_qdq(
+                stats, model.path, out, activation=opts.int8_activation, per_channel=opts.per_channel,
+                reduce_range=opts.reduce_range, exclude=[*keep, *tail],
+            )
+            meta.update({
+                "flavour": "U8S8" if opts.int8_activation == "uint8" else "S8S8",
+                "per_channel": opts.per_channel,
+                "reduce_range": opts.reduce_range,
+                "reduce_range_reason": self.reduce_range_reason,
+                "calibration_method": stats.method,
+                "calibration_samples": stats.samples,
+                "float_tail": len(tail),
+            })
+        meta["kept_float"] = keep
+        meta["fusion"] = fusion_report(out)
+        return meta
+
+    @staticmethod
+    def _mode_reason(asked: str, structure: Any) -> str:
+        if asked != "auto":
+            return "set by the profile or recipe"
+        if structure.is_attention_model:
+            return (f"auto: attention model ({len(structure.attention)} Softmax-fed MatMuls): dynamic activation "
+                    "ranges")
+        return "auto: no attention: static QDQ from the calibration statistics"
+
+    def keep_in_higher_precision(self, nodes: list[str]) -> OnnxRuntimeTarget:
+        kept = type(self)(dataclasses.replace(self.options, keep_float=sorted({*self.options.keep_float, *nodes})))
+        kept.reduce_range_reason = self.reduce_range_reason
+        return kept
 
     def _to_fp16(self, model: OnnxModel, out: Path) -> None:
         import onnx

@@ -19,15 +19,15 @@ Per-tensor weights are valid TensorRT, but not edgec's TensorRT flavour: ``requi
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from edgec.compiler.errors import TargetBuildError
-from edgec.compiler.onnxutil import MIN_OPSET
+from edgec.compiler.onnxutil import MIN_OPSET, WEIGHTED_OPS
 
-WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 RULES = (
     "opset", "int8", "zero-point", "int32-bias", "constant-scale", "per-tensor-activation",
     "per-channel-weight", "weight-range", "missing-qdq",
@@ -125,8 +125,11 @@ def _out_axis(graph: _Graph, node: Any, weight: np.ndarray) -> int:
     return 0
 
 
-def check_qdq(model: Any, require_per_channel: bool = True) -> list[Violation]:
-    """Every violation of TensorRT's QDQ rules in ``model`` (a ModelProto or a path), in graph order."""
+def check_qdq(model: Any, require_per_channel: bool = True, float_islands: Collection[str] = ()) -> list[Violation]:
+    """Every violation of TensorRT's QDQ rules in ``model`` (a ModelProto or a path), in graph order.
+
+    ``float_islands`` names nodes left without Q/DQ on purpose (they run in floating point): not violations.
+    """
     import onnx
     from onnx import TensorProto
 
@@ -218,6 +221,8 @@ def check_qdq(model: Any, require_per_channel: bool = True) -> list[Violation]:
 
     constants = set(g.consts)
     for node in g.nodes:
+        if node.name in float_islands:
+            continue
         if node.op_type in WEIGHTED_OPS:
             wanted = [i for i in node.input[:2] if i]
             what = "input"
@@ -236,9 +241,10 @@ def check_qdq(model: Any, require_per_channel: bool = True) -> list[Violation]:
     return found
 
 
-def assert_conformant(path: Path, require_per_channel: bool = True, limit: int = 5) -> None:
+def assert_conformant(path: Path, require_per_channel: bool = True, limit: int = 5,
+                      float_islands: Collection[str] = ()) -> None:
     """Raise TargetBuildError naming the offending nodes when ``path`` breaks TensorRT's QDQ rules."""
-    violations = check_qdq(path, require_per_channel=require_per_channel)
+    violations = check_qdq(path, require_per_channel=require_per_channel, float_islands=float_islands)
     if not violations:
         return
     shown = "; ".join(str(v) for v in violations[:limit])

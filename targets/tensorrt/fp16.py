@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from edgec.compiler.errors import TargetBuildError
-from edgec.compiler.onnxutil import ort_session, save_model, topological_sort
+from edgec.compiler.onnxutil import name_nodes, ort_session, save_model, topological_sort
 from edgec.compiler.types import Feeds
 
 FP16_MAX = 65504.0
@@ -25,24 +25,6 @@ FP16_MAX = 65504.0
 #: strongly typed engine runs them in FP32 as the file says. ONNX Runtime's own default block list is about
 #: its CPU kernels, not TensorRT, and ORT casts around missing FP16 kernels itself when it runs the file.
 FP32_OPS = frozenset({"Range", "CumSum", "NonMaxSuppression", "RoiAlign"})
-
-
-def name_nodes(model: Any) -> int:
-    """Give every unnamed node a unique name (in place), so node lists and error messages can name it."""
-    taken = {n.name for n in model.graph.node if n.name}
-    named = 0
-    for i, node in enumerate(model.graph.node):
-        if not node.name:
-            base = f"{node.op_type}_{i}"
-            name = base
-            k = 0
-            while name in taken:
-                k += 1
-                name = f"{base}_{k}"
-            node.name = name
-            taken.add(name)
-            named += 1
-    return named
 
 
 def activation_peaks(model: Any, samples: Iterable[Feeds], max_samples: int) -> tuple[dict[str, float], int]:

@@ -12,12 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from edgec.compiler.errors import QuantizationError, missing_dependency
-from edgec.compiler.onnxutil import MIN_OPSET, opset_of, save_model
+from edgec.compiler.onnxutil import MIN_OPSET, WEIGHTED_OPS, graph_structure, name_nodes, opset_of, save_model
 from edgec.compiler.types import CalibrationStats
 from edgec.targets.qdq import quantize_qdq
-from edgec.targets.tensorrt.fp16 import name_nodes
 
-WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 
 def constant_names(model: Any) -> set[str]:
@@ -32,12 +30,26 @@ def is_residual_add(node: Any, constants: set[str]) -> bool:
     return node.op_type == "Add" and len(node.input) == 2 and not (set(node.input) & constants)
 
 
-def nodes_to_quantize(model: Any) -> list[str]:
+def nodes_to_quantize(model: Any, keep_float: tuple[str, ...] = ()) -> tuple[list[str], list[str], str]:
+    """The nodes whose inputs get Q/DQ, the weighted and residual nodes left float, and why. Weighted ops and residual Adds, except: nodes after the last
+    weighted layer (a detector's decoding) and ``keep_float`` stay float (FP32 islands; a strongly typed engine
+    runs them as the ONNX types them); in an attention model only the weighted MatMul/Gemm layers are quantized
+    (Softmax, LayerNorm, the residual stream and attention MatMuls of two activations keep their range)."""
     constants = constant_names(model)
-    return [n.name for n in model.graph.node if n.op_type in WEIGHTED_OPS or is_residual_add(n, constants)]
+    structure = graph_structure(model)
+    skip = set(structure.tail) | set(keep_float)
+    candidates = [n.name for n in model.graph.node if n.op_type in WEIGHTED_OPS or is_residual_add(n, constants)]
+    if structure.is_attention_model:
+        selected = [n for n in structure.weighted if n not in skip]
+        rule = "attention model: weighted MatMul/Gemm only"
+    else:
+        selected = [n for n in candidates if n not in skip]
+        rule = "weighted layers and residual Adds"
+    return selected, [n for n in candidates if n not in selected], rule
 
 
-def quantize_tensorrt(src: Path, out: Path, stats: CalibrationStats, per_channel: bool = True) -> dict[str, Any]:
+def quantize_tensorrt(src: Path, out: Path, stats: CalibrationStats, per_channel: bool = True,
+                      keep_float: tuple[str, ...] = ()) -> dict[str, Any]:
     """Write ``out``, the TensorRT-flavoured QDQ model of ``src``; returns what the metadata records."""
     try:
         import onnx
@@ -46,7 +58,7 @@ def quantize_tensorrt(src: Path, out: Path, stats: CalibrationStats, per_channel
     model = onnx.load(str(src))
     opset = opset_of(model)
     name_nodes(model)
-    selected = nodes_to_quantize(model)
+    selected, left_float, rule = nodes_to_quantize(model, keep_float)
     if not selected:
         raise QuantizationError(
             f"'{src.name}' has no Conv, ConvTranspose, Gemm, MatMul or residual Add to quantize",
@@ -79,6 +91,9 @@ def quantize_tensorrt(src: Path, out: Path, stats: CalibrationStats, per_channel
         "flavour": "S8S8 symmetric (TensorRT explicit quantization)",
         "per_channel": per_channel,
         "quantized_nodes": len(selected),
+        "selection": rule,
+        "float_islands": left_float,
+        "kept_float": sorted(keep_float),
         "opset": max(opset, MIN_OPSET),
         "calibration_method": stats.method,
         "calibration_samples": stats.samples,

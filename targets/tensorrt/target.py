@@ -58,6 +58,11 @@ class TensorRTOptions:
     fp16_range_samples: int = dataclasses.field(
         default=64, metadata={"help": "fp16: calibration samples the range check runs"}
     )
+    keep_float: list = dataclasses.field(
+        default_factory=list,
+        metadata={"help": "nodes of the FP32 export left without Q/DQ in INT8 models, running as FP32 islands (the "
+                  "build's accuracy fallback fills it)"},
+    )
     rtx_lint: bool = dataclasses.field(
         default=True, metadata={"help": "also parse each ONNX file with tensorrt-rtx when it is installed (a hint)"}
     )
@@ -126,14 +131,19 @@ class TensorRTTarget(Target):
         else:
             if not isinstance(calibration, CalibrationStats):
                 raise QuantizationError("INT8 needs calibration statistics", hint="pass --calib PATH")
-            info = quantize_tensorrt(model.path, out, calibration, per_channel=opts.per_channel)
-            conformance.assert_conformant(out, require_per_channel=opts.per_channel)
+            info = quantize_tensorrt(model.path, out, calibration, per_channel=opts.per_channel,
+                                     keep_float=tuple(opts.keep_float))
+            conformance.assert_conformant(out, require_per_channel=opts.per_channel,
+                                          float_islands=info["float_islands"])
             info["conformance"] = "passed (edgec.targets.tensorrt.conformance)"
             meta["int8"] = info
         self._check_valid(out, precision)
         meta["lint"] = lint.lint(out, use_rtx=opts.rtx_lint)
         spec = InputSpec(model.spec.inputs, model.spec.outputs)
         return [Artifact(out, ModelFormat.ONNX, precision, self.name, spec, sha256_file(out), meta)]
+
+    def keep_in_higher_precision(self, nodes: list[str]) -> TensorRTTarget:
+        return type(self)(dataclasses.replace(self.options, keep_float=sorted({*self.options.keep_float, *nodes})))
 
     def _dla(self, precision: Precision, profile: dict[str, Any]) -> dict[str, Any]:
         core = self.options.dla_core

@@ -36,6 +36,20 @@ class TFLiteOptions:
         default=2048, metadata={"help": "bins of the histogram observer (torchao's default)"}
     )
     per_channel: bool = dataclasses.field(default=True, metadata={"help": "int8 weights per output channel"})
+    int8_mode: str = dataclasses.field(
+        default="auto",
+        metadata={
+            "help": "static: full integer (PT2E, calibrated); dynamic: int8 FULLY_CONNECTED weights with float "
+            "activations quantized per call; auto = dynamic for attention models (static ranges cannot hold "
+            "their outlier channels: a full-integer BERT-style encoder loses its embeddings), static otherwise",
+            "choices": ("auto", "static", "dynamic"),
+        },
+    )
+    keep_float: list = dataclasses.field(
+        default_factory=list,
+        metadata={"help": "nodes of the FP32 ONNX export whose ops stay float in static INT8 models (the build's "
+                  "accuracy fallback fills it)"},
+    )
 
 
 class TFLiteTarget(Target):
@@ -73,7 +87,8 @@ class TFLiteTarget(Target):
         result = convert(
             model.module, model.spec, precision, out, calibration,
             channels_last_io=opts.channels_last_io, observer=opts.observer, per_channel=opts.per_channel,
-            histogram_bins=opts.histogram_bins, source=str(model.source),
+            histogram_bins=opts.histogram_bins, source=str(model.source), int8_mode=opts.int8_mode,
+            keep_nodes=tuple(opts.keep_float),
         )
         layouts = {io.layout for io in result.inputs if io.layout}
         meta: dict[str, Any] = {
@@ -99,6 +114,9 @@ class TFLiteTarget(Target):
             meta["int64_inputs_as_int32"] = narrowed  # litert-torch narrows 64-bit I/O; the runner casts
         spec = InputSpec(model.spec.inputs, model.spec.outputs)
         return [Artifact(out, ModelFormat.TFLITE, precision, self.name, spec, sha256_file(out), meta)]
+
+    def keep_in_higher_precision(self, nodes: list[str]) -> TFLiteTarget:
+        return type(self)(dataclasses.replace(self.options, keep_float=sorted({*self.options.keep_float, *nodes})))
 
     def open(self, artifact: Artifact, threads: int | None = None) -> TFLiteRunner:
         inputs, outputs = io_from_metadata(artifact.metadata, artifact.path)

@@ -1,0 +1,215 @@
+"""Build-time verification of every compressed artifact, and the per-target fallback that repairs it.
+
+After the targets have built, each FP16/INT8 artifact runs on its own runtime over held-out samples (a seeded
+part of the calibration data kept out of calibration, or ``--verify-data``) beside the FP32 export, and is
+judged in its outputs' task terms against the accuracy budget (``edgec.benchmarks.verify``). An INT8 artifact
+over budget goes to the fallback: the layers that add the most error are ranked once for the build
+(``edgec.benchmarks.sensitivity``), and its target keeps the fewest of them in higher precision (its own
+mechanism: float nodes, FP32 islands, float ops) until the artifact is within budget. One that no fallback
+repairs fails the build (exit 4), naming the artifact, the metric and the layers tried.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgec.benchmarks.verify import Budget, Verdict, judge
+from edgec.compiler.context import Reporter
+from edgec.compiler.errors import QuantizationError
+from edgec.compiler.tasks import OutputTask
+from edgec.compiler.types import (
+    ArrayCalibrationSet, Artifact, CalibrationSet, Feeds, ModelFormat, OnnxModel, Precision,
+)
+
+#: The held-out share of the calibration data, and its bounds in samples.
+HOLDOUT_FRACTION = 0.2
+HOLDOUT_MIN, HOLDOUT_MAX = 4, 64
+#: Below this many calibration samples nothing is held out: verification then runs on calibration samples.
+MIN_TO_SPLIT = 10
+#: Samples of random inputs when there is no data at all (an FP16-only build without --calib).
+RANDOM_SAMPLES = 8
+
+
+@dataclasses.dataclass
+class HeldOut:
+    """What verification runs on."""
+
+    samples: list[Feeds]
+    description: str  # for messages: "12 held-out calibration samples"
+    labels: np.ndarray | None = None
+    in_sample: bool = False  # the samples were also used to calibrate
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"samples": len(self.samples), "source": self.description, "labels": self.labels is not None,
+                "also_calibration": self.in_sample}
+
+
+def split_holdout(calibration: CalibrationSet, seed: int) -> tuple[CalibrationSet, HeldOut]:
+    """Keep a seeded part of ``calibration`` out of it, for verification; the rest calibrates."""
+    samples = list(calibration)
+    labels = getattr(calibration, "labels", None)
+    n = len(samples)
+    if n < MIN_TO_SPLIT:
+        return calibration, HeldOut(samples, f"the {n} calibration samples (too few to hold any out)", labels,
+                                    in_sample=True)
+    count = min(HOLDOUT_MAX, max(HOLDOUT_MIN, round(HOLDOUT_FRACTION * n)))
+    held = set(np.random.default_rng(seed).permutation(n)[:count].tolist())
+    keep = [s for i, s in enumerate(samples) if i not in held]
+    rest = ArrayCalibrationSet(keep, source=getattr(calibration, "source", "<memory>"))
+    rest.readings = dict(getattr(calibration, "readings", {}))
+    order = sorted(held)
+    held_labels = None if labels is None else np.asarray(labels)[order]
+    return rest, HeldOut([samples[i] for i in order], f"{count} held-out calibration samples", held_labels)
+
+
+def random_holdout(spec: Any) -> HeldOut:
+    return HeldOut([spec.example_feeds(seed=i) for i in range(RANDOM_SAMPLES)],
+                   f"{RANDOM_SAMPLES} random inputs (pass --calib or --verify-data for a real check)")
+
+
+class VerificationFailed(QuantizationError):
+    """A compressed artifact breaks the accuracy budget and no fallback repairs it."""
+
+
+@dataclasses.dataclass
+class Build:
+    """One target build of one precision, as the pipeline made it."""
+
+    stage: str  # the pipeline value holding its artifacts
+    folder: str
+    target: Any
+    precision: Precision
+
+
+class Verifier:
+    """Verifies the builds of one ``edgec build`` and runs the fallback where one is over budget."""
+
+    def __init__(self, pipeline: Any, onnx_model: OnnxModel, held: HeldOut, tasks: list[OutputTask],
+                 budget: Budget, report: Reporter):
+        self.pipeline = pipeline
+        self.onnx_model = onnx_model
+        self.held = held
+        self.tasks = tasks
+        self.budget = budget
+        self.report = report
+        self._reference: list[dict[str, np.ndarray]] | None = None
+        self._ranking: list[Any] | None = None
+
+    # ---- the pieces
+
+    @property
+    def reference(self) -> list[dict[str, np.ndarray]]:
+        """The FP32 export's outputs on the held-out samples (ONNX Runtime; its difference from the source model
+        is what the export check records)."""
+        if self._reference is None:
+            from edgec.benchmarks.harness import run_outputs
+
+            fp32 = Artifact(self.onnx_model.path, ModelFormat.ONNX, Precision.FP32, "onnxruntime", self.onnx_model.spec)
+            self._reference = run_outputs(fp32, self.held.samples)[0]
+        return self._reference
+
+    def verdict(self, artifact: Artifact) -> Verdict:
+        from edgec.benchmarks.harness import run_outputs
+
+        names = list(self.reference[0])
+        outputs = run_outputs(artifact, self.held.samples, output_names=names)[0]
+        return judge(artifact.name, self.tasks, self.reference, outputs, self.budget, data=self.held.description,
+                     labels=self.held.labels)
+
+    def ranking(self, artifact: Artifact) -> list[Any]:
+        """The layers of the FP32 export by the error quantizing them adds, worst first: measured on the artifact
+        itself when it is an ONNX model, else (a .tflite) once per build on a fully quantized (S8S8,
+        per-channel) QDQ model of the export standing in for it."""
+        from edgec.benchmarks.sensitivity import rank_layers
+
+        if artifact.format == ModelFormat.ONNX:
+            self.report(f"[fallback] {artifact.name}: ranking its quantized layers by the error each adds")
+            return rank_layers(self.onnx_model.path, artifact.path, self.held.samples)
+        if self._ranking is None:
+            from edgec.targets.qdq import quantize_qdq
+
+            self.report("[fallback] ranking layers by the error INT8 adds, on a QDQ model of the export")
+            stats = self.pipeline.value("calibration_stats")
+            with tempfile.TemporaryDirectory(prefix="edgec-sensitivity-") as tmp:
+                qdq = Path(tmp) / "all.int8.onnx"
+                quantize_qdq(stats, self.onnx_model.path, qdq, activation="int8", per_channel=True,
+                             extra={"ActivationSymmetric": True, "WeightSymmetric": True},
+                             purpose="INT8 sensitivity analysis")
+                self._ranking = rank_layers(self.onnx_model.path, qdq, self.held.samples)
+        return self._ranking
+
+    # ---- the loop
+
+    def verify(self, build: Build) -> tuple[str, dict[str, Any]]:
+        """Verify one build; returns the pipeline value holding the artifacts to ship (a fallback's, when one
+        was needed) and the record for their metadata. Raises VerificationFailed when nothing passes."""
+        (artifact,) = self.pipeline.value(build.stage)[:1]
+        verdict = self.verdict(artifact)
+        self.report(f"[verify] {verdict.line()}")
+        record: dict[str, Any] = {**verdict.to_dict(), "budget": self.budget.to_dict()}
+        if verdict.passed:
+            return build.stage, record
+        if build.precision != Precision.INT8:
+            raise self._failure(verdict, "no fallback exists for this precision", [])
+        return self._fallback(build, artifact, verdict, record)
+
+    def _fallback(self, build: Build, artifact: Artifact, verdict: Verdict,
+                  record: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        from edgec.benchmarks.sensitivity import search
+        from edgec.compiler.stages.target import TargetStage
+
+        ranking = self.ranking(artifact)
+        nodes = [s.node for s in ranking]
+        if not nodes:
+            raise self._failure(verdict, "no layer adds measurable error: the loss is spread over the whole model",
+                                [])
+        if build.target.keep_in_higher_precision(nodes[:1]) is None:
+            worst = ", ".join(f"'{s.node}' ({s.op_type}, +{s.increase:.3f})" for s in ranking[:3])
+            raise self._failure(verdict, f"this target has no higher precision to keep layers in; the layers "
+                                f"adding the most error: {worst}", nodes[:3])
+        stages: dict[tuple[str, ...], str] = {}
+
+        def attempt(keep: list[str]) -> tuple[Verdict, str]:
+            target = build.target.keep_in_higher_precision(keep)
+            stage = TargetStage(target, build.folder, build.precision, source=self._source_name(build),
+                                variant=f"keep{len(keep)}")
+            name = self.pipeline.add(stage)
+            self.report(f"[fallback] {build.folder}/{build.precision.value}: keeping {len(keep)} layer(s) in "
+                        f"higher precision ({', '.join(keep[:4])}{', ...' if len(keep) > 4 else ''})")
+            (artifact,) = self.pipeline.value(name)[:1]
+            result = self.verdict(artifact)
+            self.report(f"[verify] {result.line()}")
+            stages[tuple(keep)] = name
+            return result, name
+
+        found, tried = search(nodes, attempt)
+        record["fallback"] = {
+            "ranking": [s.to_dict() for s in ranking[:20]],
+            "attempts": [a.to_dict() for a in tried],
+            "kept": found.kept if found else None,
+        }
+        if found is None:
+            layers = sorted({n for a in tried for n in a.kept}, key=nodes.index)
+            raise self._failure(tried[-1].verdict if tried else verdict,
+                                f"keeping up to {max(len(a.kept) for a in tried)} layer(s) in higher precision "
+                                "did not bring it within budget", layers)
+        final = found.verdict
+        return found.outcome, {**final.to_dict(), "budget": self.budget.to_dict(), "before_fallback":
+                               verdict.to_dict(), "fallback": record["fallback"]}
+
+    def _source_name(self, build: Build) -> str:
+        return self.pipeline.producer(build.stage).source
+
+    def _failure(self, verdict: Verdict, why: str, layers: list[str]) -> VerificationFailed:
+        tried = f"; layers tried: {', '.join(layers[:8])}{' ...' if len(layers) > 8 else ''}" if layers else ""
+        return VerificationFailed(
+            f"{verdict.artifact} is over its accuracy budget on {verdict.data}: {'; '.join(verdict.breaches)} "
+            f"({why}{tried})",
+            hint="build another precision for this target, give more representative --calib data, or set the budget "
+            "(--max-accuracy-drop, --min-cosine); --no-verify skips the check",
+        )
