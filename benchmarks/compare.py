@@ -1,15 +1,20 @@
-"""Cross-runtime comparison: the same inputs through the reference and every artifact, and where an ONNX
-artifact's error first jumps, layer by layer.
+"""Cross-runtime comparison: the same inputs through the reference and every artifact, and where a
+reduced-precision artifact's error first jumps, layer by layer.
 
 ``compare_runtimes`` gives an N-way view: each artifact against the reference per output, and every pair of
 (reference, artifacts) for top-1 agreement. ``layer_errors`` runs an FP32 ONNX model and a candidate built from it
 (INT8 QDQ, FP16) side by side with every shared intermediate tensor exposed, and finds the first node whose
 output error is much larger than the error at its inputs: the layer to keep in higher precision.
+``runtime_layer_errors`` does the same for any other format whose runner reads its intermediate tensors
+(``Runner.layer_outputs``: the .tflite files of the arm and mcu targets), pairing the tensors of the two files
+with ``match_layers``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import itertools
 import math
 import tempfile
 from collections.abc import Callable, Mapping
@@ -22,7 +27,7 @@ from edgec.benchmarks.accuracy import AccuracyReport, compare_outputs
 from edgec.benchmarks.report import aligned_lines, num_cell
 from edgec.compiler.context import track
 from edgec.compiler.errors import ConfigError
-from edgec.compiler.types import Artifact, Feeds, ModelFormat
+from edgec.compiler.types import Artifact, Feeds, LayerOutput, ModelFormat
 
 Outputs = dict[str, np.ndarray]
 
@@ -34,7 +39,8 @@ JUMP_MIN_INCREASE = 0.05
 
 @dataclasses.dataclass
 class LayerError:
-    """One node of the FP32 graph: the relative RMS error of its output in the candidate, and at its inputs."""
+    """One node of the FP32 graph (one op of the candidate file, for formats read through their runner): the
+    relative RMS error of its output in the candidate, and at its inputs."""
 
     node: str
     op_type: str
@@ -45,11 +51,19 @@ class LayerError:
     #: Nodes just before it whose outputs the candidate lacks (a Conv whose ReLU the quantizer folded into its
     #: output rounding): the error shown here is theirs too.
     fused_with: list[str] = dataclasses.field(default_factory=list)
+    #: The source module the op comes from, when the file's tensor names tell (``layer1.0.conv (Conv2d)``).
+    module: str | None = None
+    #: How the candidate's tensor was paired with the reference's ("name" / "position"), and the latter's
+    #: name; None for ONNX, whose graphs share tensor names.
+    matched_by: str | None = None
+    reference_output: str | None = None
 
     @property
     def where(self) -> str:
-        """The node as a user would look for it: ``'conv' (Conv) + 'relu' (Relu)``."""
-        return " + ".join([*self.fused_with, f"'{self.node}' ({self.op_type})"])
+        """The node as a user would look for it: ``'conv' (Conv) + 'relu' (Relu)``, or
+        ``'op 2' (CONV_2D) in module layer1.conv (Conv2d)``."""
+        named = " + ".join([*self.fused_with, f"'{self.node}' ({self.op_type})"])
+        return f"{named} in module {self.module}" if self.module else named
 
     @property
     def increase(self) -> float:
@@ -284,10 +298,7 @@ def layer_errors(
                 sums[name][1] += float(np.sum((a[finite] - b[finite]) ** 2))
 
     def rel(name: str) -> float:
-        signal, noise = sums.get(name, (0.0, 0.0))
-        if signal == 0.0:
-            return 0.0 if noise == 0.0 else math.inf
-        return math.sqrt(noise / signal)
+        return _relative(*sums.get(name, (0.0, 0.0)))
 
     # A tensor the candidate lacks (a Conv output whose ReLU the quantizer folded) carries the error of the
     # nearest tensors upstream of it that both graphs have, so a node's input error is never understated as 0.
@@ -306,40 +317,221 @@ def layer_errors(
             signal, noise = sums[out]
             in_err = max([upstream.get(i, 0.0) for i in node.input] or [0.0])
             err = rel(out)
-            snr = 10 * math.log10(signal / noise) if noise > 0 and signal > 0 else (120.0 if noise == 0 else -120.0)
+            snr = _snr(signal, noise)
             fused = [
                 f"'{producer[i].name}' ({producer[i].op_type})"
                 for i in node.input if i in producer and i not in tracked and producer[i].op_type not in _PLUMBING
             ]
-            layers.append(LayerError(node.name or out, node.op_type, out, err, in_err, round(snr, 2), fused))
-    first = next(
+            layers.append(LayerError(node.name or out, node.op_type, out, err, in_err, snr, fused))
+    return LayerReport(
+        artifact=artifact, reference=reference, samples=len(samples), layers=layers,
+        first_jump=_first_jump(layers, jump_ratio, jump_min_increase), jump_ratio=jump_ratio,
+        jump_min_increase=jump_min_increase,
+    )
+
+
+def _relative(signal: float, noise: float) -> float:
+    """sqrt(noise / signal): the relative RMS error, from the summed squares of reference and error."""
+    if signal == 0.0:
+        return 0.0 if noise == 0.0 else math.inf
+    return math.sqrt(noise / signal)
+
+
+def _snr(signal: float, noise: float) -> float:
+    if noise > 0 and signal > 0:
+        return round(10 * math.log10(signal / noise), 2)
+    return 120.0 if noise == 0 else -120.0
+
+
+def _first_jump(layers: list[LayerError], jump_ratio: float, jump_min_increase: float) -> LayerError | None:
+    return next(
         (
             e for e in layers
             if e.increase >= jump_min_increase and e.rel_error >= jump_ratio * e.input_rel_error
         ),
         None,
     )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Layer by layer, through the runners (formats other than ONNX).
+
+#: Ops that move data rather than compute (TFLite names): not worth naming as where an error comes from.
+_RUNTIME_PLUMBING = frozenset(
+    {"RESHAPE", "TRANSPOSE", "SQUEEZE", "EXPAND_DIMS", "CAST", "QUANTIZE", "DEQUANTIZE"}
+)
+
+
+def _signature(layer: LayerOutput) -> tuple[str, tuple[int, ...]]:
+    # Sorted dimensions: the same tensor in NHWC in one file and NCHW in the other still pairs.
+    return layer.op, tuple(sorted(layer.value.shape))
+
+
+def match_layers(reference: list[LayerOutput], candidate: list[LayerOutput]) -> list[tuple[int, int, str]]:
+    """Pairs ``(position in reference, position in candidate, "name" | "position")`` of the tensors that hold
+    the same values in two files of one model (an FP32 file and the INT8 file converted from the same model).
+
+    Tensor names alike are a hint, not a key: litert-torch names a tensor after the module stack of its FX
+    nodes and numbers repeats in file order, so a file whose converter folded an op (an FP32 multiply by ones)
+    numbers the rest differently, and a name both files hold can belong to different tensors.
+
+    1. By name: a name each list holds once, written in both by the same op with the same dimensions, and in
+       the same order as the name pairs before it.
+    2. By position: between two consecutive name pairs (and before the first, after the last), the remaining
+       tensors are aligned on their sequences of (op, dimensions) with difflib, so an op that only one file
+       has leaves the ops around it paired.
+    """
+    ref_pos = _unique_positions(reference)
+    cand_pos = _unique_positions(candidate)
+    anchors: list[tuple[int, int]] = []
+    for name, i in sorted(ref_pos.items(), key=lambda kv: kv[1]):
+        j = cand_pos.get(name)
+        if j is None or (anchors and j <= anchors[-1][1]):
+            continue
+        if _signature(reference[i]) == _signature(candidate[j]):
+            anchors.append((i, j))
+    pairs = [(i, j, "name") for i, j in anchors]
+    bounds = [(-1, -1), *anchors, (len(reference), len(candidate))]
+    for (i0, j0), (i1, j1) in itertools.pairwise(bounds):
+        ref_sigs = [_signature(e) for e in reference[i0 + 1:i1]]
+        cand_sigs = [_signature(e) for e in candidate[j0 + 1:j1]]
+        blocks = difflib.SequenceMatcher(None, ref_sigs, cand_sigs, autojunk=False).get_matching_blocks()
+        pairs += [(i0 + 1 + b.a + k, j0 + 1 + b.b + k, "position") for b in blocks for k in range(b.size)]
+    return sorted(pairs)
+
+
+def _unique_positions(layers: list[LayerOutput]) -> dict[str, int]:
+    seen: dict[str, int] = {}
+    repeated = set()
+    for i, e in enumerate(layers):
+        if e.tensor in seen:
+            repeated.add(e.tensor)
+        seen[e.tensor] = i
+    return {name: i for name, i in seen.items() if name not in repeated}
+
+
+def _as_reference(value: np.ndarray, shape: tuple[int, ...]) -> np.ndarray | None:
+    """``value`` laid out like a reference tensor of ``shape``: as it is, or transposed NHWC <-> NCHW."""
+    if value.shape == shape:
+        return value
+    if value.ndim == 4:
+        for perm in ((0, 3, 1, 2), (0, 2, 3, 1)):
+            if tuple(value.shape[p] for p in perm) == shape:
+                return value.transpose(perm)
+    return None
+
+
+def runtime_layer_errors(
+    reference: Artifact,
+    candidate: Artifact,
+    samples: list[Feeds],
+    *,
+    jump_ratio: float = JUMP_RATIO,
+    jump_min_increase: float = JUMP_MIN_INCREASE,
+) -> LayerReport | None:
+    """Relative error of every tensor of ``candidate`` paired with one of ``reference`` (``match_layers``, on
+    the first sample), read through their runners' ``layer_outputs``; and the first op where it jumps. None
+    when either runner cannot read its intermediate tensors.
+
+    Layers are the candidate's ops in its execution order. An op's input error is that of the reference
+    tensors it reads, or, for a tensor left unpaired, of the nearest paired ones upstream of it.
+    """
+    from edgec.benchmarks.harness import _adapt_feeds, open_runner
+
+    if not samples:
+        raise ConfigError("no samples for the layer-by-layer comparison")
+    with open_runner(reference, threads=1) as ref_runner, open_runner(candidate, threads=1) as cand_runner:
+        pairs: list[tuple[int, int, str]] = []
+        sums: dict[int, list[float]] = {}  # candidate position -> [signal, noise]
+        ref_layers = cand_layers = None
+        for feeds in samples:
+            r = ref_runner.layer_outputs(_adapt_feeds(feeds, ref_runner.input_specs(), reference.spec))
+            c = cand_runner.layer_outputs(_adapt_feeds(feeds, cand_runner.input_specs(), candidate.spec))
+            if r is None or c is None:
+                return None
+            if ref_layers is None:
+                ref_layers, cand_layers = r, c
+                pairs = [
+                    (i, j, how) for i, j, how in match_layers(r, c)
+                    if _as_reference(c[j].value, r[i].value.shape) is not None
+                ]
+                sums = {j: [0.0, 0.0] for _, j, _ in pairs}
+            for i, j, _ in pairs:
+                a = np.asarray(r[i].value, np.float64)
+                b = np.asarray(_as_reference(c[j].value, r[i].value.shape), np.float64)
+                finite = np.isfinite(a) & np.isfinite(b)
+                sums[j][0] += float(np.sum(a[finite] ** 2))
+                sums[j][1] += float(np.sum((a[finite] - b[finite]) ** 2))
+    assert ref_layers is not None and cand_layers is not None
+    layers = _runtime_layers(ref_layers, cand_layers, pairs, sums)
     return LayerReport(
-        artifact=artifact, reference=reference, samples=len(samples), layers=layers, first_jump=first,
-        jump_ratio=jump_ratio, jump_min_increase=jump_min_increase,
+        artifact=candidate.name, reference=reference.name, samples=len(samples), layers=layers,
+        first_jump=_first_jump(layers, jump_ratio, jump_min_increase), jump_ratio=jump_ratio,
+        jump_min_increase=jump_min_increase,
     )
 
 
+def _runtime_layers(
+    ref: list[LayerOutput],
+    cand: list[LayerOutput],
+    pairs: list[tuple[int, int, str]],
+    sums: dict[int, list[float]],
+) -> list[LayerError]:
+    to_cand = {i: j for i, j, _ in pairs}
+    to_ref = {j: (i, how) for i, j, how in pairs}
+    # Errors flow along the reference graph: a tensor the candidate lacks carries the error upstream of it.
+    upstream: dict[str, float] = {}
+    for i, e in enumerate(ref):
+        inherited = max([upstream.get(t, 0.0) for t in e.inputs] or [0.0])
+        upstream[e.tensor] = _relative(*sums[to_cand[i]]) if i in to_cand else inherited
+    ref_producer = {e.tensor: i for i, e in enumerate(ref)}
+    cand_producer = {e.tensor: j for j, e in enumerate(cand)}
+    layers = []
+    for j, e in enumerate(cand):
+        if j not in to_ref or not e.op:  # a model input is not a layer
+            continue
+        i, how = to_ref[j]
+        signal, noise = sums[j]
+        unpaired = [
+            f"'op {ref[k].index}' ({ref[k].op}, FP32 only)"
+            for k in (ref_producer.get(t) for t in ref[i].inputs)
+            if k is not None and k not in to_cand and ref[k].op and ref[k].op not in _RUNTIME_PLUMBING
+        ] + [
+            f"'op {cand[k].index}' ({cand[k].op}, not in FP32)"
+            for k in (cand_producer.get(t) for t in e.inputs)
+            if k is not None and k not in to_ref and cand[k].op and cand[k].op not in _RUNTIME_PLUMBING
+        ]
+        layers.append(LayerError(
+            node=f"op {e.index}", op_type=e.op, output=e.tensor, rel_error=_relative(signal, noise),
+            input_rel_error=max([upstream.get(t, 0.0) for t in ref[i].inputs] or [0.0]),
+            snr_db=_snr(signal, noise), fused_with=unpaired, module=e.module or ref[i].module, matched_by=how,
+            reference_output=ref[i].tensor,
+        ))
+    return layers
+
+
 def layer_candidates(artifacts: list[Artifact]) -> tuple[dict[str, tuple[Artifact, Artifact]], dict[str, str]]:
-    """For each reduced-precision ONNX artifact, the FP32 ONNX artifact to walk it against (same target first);
-    and why the others get no layer report."""
-    fp32 = [a for a in artifacts if a.format == ModelFormat.ONNX and a.precision.value == "fp32"]
+    """For each reduced-precision artifact, the FP32 artifact of the same format to walk it against: of the
+    same profile, else of the same target, else any (an mcu .tflite pairs with an arm build's FP32 .tflite);
+    and why the others get no layer report. Whether a non-ONNX pair's runners can read their layers shows when
+    they run."""
     pairs: dict[str, tuple[Artifact, Artifact]] = {}
     skipped: dict[str, str] = {}
     for a in artifacts:
         if a.precision.value == "fp32":
             continue
-        if a.format != ModelFormat.ONNX:
-            skipped[a.name] = f"{a.format.value} artifacts have no layer-by-layer outputs here"
-            continue
-        ref = next((f for f in fp32 if f.target == a.target), fp32[0] if fp32 else None)
+        fp32 = [f for f in artifacts if f.format == a.format and f.precision.value == "fp32"]
+        ref = next(
+            (f for f in fp32 if f.metadata.get("profile") == a.metadata.get("profile")),
+            next((f for f in fp32 if f.target == a.target), fp32[0] if fp32 else None),
+        )
         if ref is None:
-            skipped[a.name] = "the build has no FP32 ONNX artifact to compare its layers with"
+            fmt = {ModelFormat.ONNX: "ONNX", ModelFormat.TFLITE: ".tflite"}.get(a.format, a.format.value)
+            why = f"the build has no FP32 {fmt} artifact to compare its layers with"
+            if a.format == ModelFormat.TFLITE:
+                why += ("; pass a build that has one too (for an mcu build: an arm build of the same "
+                        "checkpoint with -p fp32)")
+            skipped[a.name] = why
             continue
         pairs[a.name] = (ref, a)
     return pairs, skipped
@@ -377,7 +569,7 @@ def text_report(comparison: Comparison) -> str:
         else:
             j = rep.first_jump
             lines.append(
-                f"{name}: error first jumps at {j.where}, output '{j.output}': relative error "
+                f"{name}: error first jumps at {j.where}, output '{_short(j.output)}': relative error "
                 f"{j.rel_error:.4f} from {j.input_rel_error:.4f} at its inputs; keep it in higher precision"
             )
         worst = ", ".join(f"{e.where} +{e.increase:.4f}" for e in rep.worst(3))
@@ -385,6 +577,15 @@ def text_report(comparison: Comparison) -> str:
     for name, why in comparison.skipped_layers.items():
         lines.append(f"{name}: no layer report ({why})")
     return "\n".join(lines) + "\n"
+
+
+def _short(name: str, width: int = 80) -> str:
+    """A long tensor name (litert-torch's hold the whole module stack, several times over) cut in the middle;
+    the JSON report keeps it whole."""
+    if len(name) <= width:
+        return name
+    head = width // 3
+    return f"{name[:head]}...{name[-(width - head - 3):]}"
 
 
 def compare_build(
@@ -402,7 +603,8 @@ def compare_build(
     say: Callable[[str], None] = lambda _msg: None,
 ) -> Comparison:
     """Run ``eval_feeds`` through the reference and each artifact, compare them all, and walk each
-    reduced-precision ONNX artifact layer by layer (on its first ``layer_samples`` samples; 0 = skip).
+    reduced-precision artifact layer by layer against an FP32 artifact of its format (on the first
+    ``layer_samples`` samples; 0 = skip): ONNX files directly, other formats through their runners.
 
     The reference is ``reference`` (a function, e.g. the torch model), else ``reference_artifact``, else the
     first FP32 artifact in ``artifacts``.
@@ -443,10 +645,22 @@ def compare_build(
         pairs, comparison.skipped_layers = layer_candidates(artifacts)
         for name, (fp32, cand) in pairs.items():
             say(f"{name}: layer by layer against {fp32.name} on {min(layer_samples, len(eval_feeds))} samples")
-            comparison.layers[name] = layer_errors(
-                Path(fp32.path), Path(cand.path), eval_feeds[:layer_samples], artifact=name, reference=fp32.name,
-                jump_ratio=jump_ratio, jump_min_increase=jump_min_increase,
+            if cand.format == ModelFormat.ONNX:
+                comparison.layers[name] = layer_errors(
+                    Path(fp32.path), Path(cand.path), eval_feeds[:layer_samples], artifact=name,
+                    reference=fp32.name, jump_ratio=jump_ratio, jump_min_increase=jump_min_increase,
+                )
+                continue
+            report = runtime_layer_errors(
+                fp32, cand, eval_feeds[:layer_samples], jump_ratio=jump_ratio,
+                jump_min_increase=jump_min_increase,
             )
+            if report is None:
+                comparison.skipped_layers[name] = (
+                    f"the runner of {cand.name} or of {fp32.name} cannot read its intermediate tensors"
+                )
+            else:
+                comparison.layers[name] = report
     return comparison
 
 

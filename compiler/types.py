@@ -289,6 +289,19 @@ class ArrayCalibrationSet:
         return {name: np.concatenate([s[name] for s in self.samples]) for name in self.samples[0]}
 
 
+
+@dataclasses.dataclass
+class LayerOutput:
+    """One tensor a runtime wrote during one inference, read for the layer-by-layer comparison
+    (``Runner.layer_outputs``): an op's output, or a model input."""
+
+    tensor: str  # its name in the model file, unique within one list
+    op: str  # the op that wrote it, as the runtime names it ("CONV_2D"); "" for a model input
+    index: int  # the op's position in execution order; -1 for a model input
+    inputs: tuple[str, ...]  # the tensors of the same list the op reads (weights and constants left out)
+    value: np.ndarray  # float32 (dequantized), in the layout the file holds
+    module: str | None = None  # its source module ("layer1.0.conv (Conv2d)"), when the file's names tell
+
 @dataclasses.dataclass
 class LoadedModel:
     """A model in memory: a torch module (``kind='torch'``) or an ONNX file (``kind='onnx'``)."""

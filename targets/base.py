@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from edgec.compiler.errors import ConfigError, missing_dependency
-from edgec.compiler.types import Artifact, Feeds, InputSpec, ModelFormat, Precision
+from edgec.compiler.types import Artifact, Feeds, InputSpec, LayerOutput, ModelFormat, Precision
 
 
 class Runner(abc.ABC):
@@ -42,6 +42,12 @@ class Runner(abc.ABC):
         runtime gives them. Defaults to ``infer``; a runner whose ``infer`` does bookkeeping around the call
         (naming the outputs) overrides it, so the clock holds the runtime alone."""
         return self.infer(feeds)
+
+    def layer_outputs(self, feeds: Feeds) -> list[LayerOutput] | None:
+        """Every intermediate tensor of one inference (and the model inputs), in execution order, for the
+        layer-by-layer comparison; None when this runtime cannot expose them (the default). Called on a loaded
+        runner; may run a slower, unfused copy of the model, since it is never timed."""
+        return None
 
 
 def describe_options(options_cls: type) -> list[tuple[str, str, Any, str]]:

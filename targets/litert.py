@@ -27,7 +27,7 @@ import numpy as np
 
 from edgec.compiler.errors import CalibrationError, ConfigError, ExportError, QuantizationError, missing_dependency
 from edgec.compiler.modelio import torchscript_to_exported
-from edgec.compiler.types import CalibrationSet, InputSpec, Precision, TensorSpec
+from edgec.compiler.types import CalibrationSet, InputSpec, LayerOutput, Precision, TensorSpec
 
 #: The observers that collect INT8 activation ranges; histogram keeps the full logit range (see FIELD_NOTES).
 OBSERVERS = ("histogram", "minmax")
@@ -161,9 +161,19 @@ def run_fixed_shape(
 ) -> dict[str, np.ndarray]:
     """Outputs by spec name for ``feeds``, through ``invoke`` (one call of an interpreter whose inputs have the
     file's fixed shapes): a batch of several rows runs one row at a time and the outputs are stacked."""
-    arrays = feeds_to_tflite(inputs, feeds)
+    calls = _row_calls(inputs, feeds_to_tflite(inputs, feeds), file_name)
+    if len(calls) == 1:
+        return outputs_from_tflite(outputs, invoke(calls[0]))
+    per_row = [invoke(call) for call in calls]
+    stacked = [np.concatenate([r[k] for r in per_row]) for k in range(len(outputs))]
+    return outputs_from_tflite(outputs, stacked)
+
+
+def _row_calls(inputs: list[TFLiteIO], arrays: list[np.ndarray], file_name: str) -> list[list[np.ndarray]]:
+    """The interpreter calls that feed ``arrays`` (in the file's layout) to a file of fixed input shapes: one
+    call when they fit, else one per row of a batch whose rows each fit; a CalibrationError otherwise."""
     if all(a.shape == io_.shape for a, io_ in zip(arrays, inputs)):
-        return outputs_from_tflite(outputs, invoke(arrays))
+        return [arrays]
     rows = {a.shape[0] if a.ndim else None for a in arrays}
     fits = all(
         a.ndim == len(io_.shape) and io_.shape[:1] == (1,) and a.shape[1:] == io_.shape[1:]
@@ -176,9 +186,7 @@ def run_fixed_shape(
             f"'{file_name}' takes inputs {want} (in its own layout), not {got}",
             hint="give samples shaped like the model's input",
         )
-    per_row = [invoke([a[i:i + 1] for a in arrays]) for i in range(rows.pop())]
-    stacked = [np.concatenate([r[k] for r in per_row]) for k in range(len(outputs))]
-    return outputs_from_tflite(outputs, stacked)
+    return [[a[i:i + 1] for a in arrays] for i in range(rows.pop())]
 
 
 def io_from_metadata(metadata: dict[str, Any], path: Path | str) -> tuple[list[TFLiteIO], list[TFLiteIO]]:
@@ -190,14 +198,9 @@ def io_from_metadata(metadata: dict[str, Any], path: Path | str) -> tuple[list[T
         )
     return [TFLiteIO.from_dict(d) for d in io["inputs"]], [TFLiteIO.from_dict(d) for d in io["outputs"]]
 
-def read_ops(path: str | Path) -> list[str]:
-    """Builtin op names in the flatbuffer (sorted, each once), for an op resolver.
 
-    Custom ops appear as ``CUSTOM:<custom code>``.
-    """
-    schema = _schema()
-    buf = Path(path).read_bytes()
-    model = schema.Model.GetRootAs(buf, 0)
+def _op_codes(schema: Any, model: Any) -> list[str]:
+    """The op name of each operator code of a flatbuffer model, by position."""
     names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
     codes = []
     for i in range(model.OperatorCodesLength()):
@@ -209,6 +212,17 @@ def read_ops(path: str | Path) -> list[str]:
             codes.append(f"CUSTOM:{custom.decode() if custom else '?'}")
         else:
             codes.append(names.get(code, f"BUILTIN_{code}"))
+    return codes
+
+
+def read_ops(path: str | Path) -> list[str]:
+    """Builtin op names in the flatbuffer (sorted, each once), for an op resolver.
+
+    Custom ops appear as ``CUSTOM:<custom code>``.
+    """
+    schema = _schema()
+    model = schema.Model.GetRootAs(Path(path).read_bytes(), 0)
+    codes = _op_codes(schema, model)
     used = set()
     for s in range(model.SubgraphsLength()):
         sg = model.Subgraphs(s)
@@ -271,6 +285,176 @@ def _describe_io(
     inputs = [make(d, t, p) for d, t, p in zip(ins, spec.inputs, in_perm)]
     outputs = [make(d, t, p) for d, t, p in zip(outs, spec.outputs, out_perm)]
     return inputs, outputs
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Reading every tensor of one inference, for the layer-by-layer comparison.
+
+#: Ops that only re-encode a tensor (an int8 file's requantizing, an FP16 file's weight casts): not layers.
+_RECODE = frozenset({"QUANTIZE", "DEQUANTIZE"})
+#: Module-stack levels that are not the user's model: edgec's wrappers, litert-torch's and torch.export's.
+_WRAPPER_PREFIXES = ("litert_torch.", "edgec.", "torch.export.")
+
+
+def _graph(path: Path) -> tuple[list[tuple[str, list[int], list[int]]], list[str], list[int]]:
+    """Subgraph 0 of a .tflite file: its ops in execution order as (op name, input tensors, output tensors),
+    its tensor names by index, and its input tensors."""
+    schema = _schema()
+    model = schema.Model.GetRootAs(Path(path).read_bytes(), 0)
+    codes = _op_codes(schema, model)
+    sg = model.Subgraphs(0)
+    ops = []
+    for i in range(sg.OperatorsLength()):
+        op = sg.Operators(i)
+        ins = [int(t) for t in op.InputsAsNumpy()] if op.InputsLength() else []
+        outs = [int(t) for t in op.OutputsAsNumpy()] if op.OutputsLength() else []
+        ops.append((codes[op.OpcodeIndex()], ins, outs))
+    names = []
+    for t in range(sg.TensorsLength()):
+        name = sg.Tensors(t).Name()
+        names.append(name.decode() if isinstance(name, bytes) else str(name or f"tensor_{t}"))
+    return ops, names, [int(sg.Inputs(i)) for i in range(sg.InputsLength())]
+
+
+def module_from_tensor_name(name: str) -> str | None:
+    """The user's module a litert-torch tensor name points at (``"layer1.0.conv (Conv2d)"``), else None.
+
+    litert-torch names a tensor after the module stack of the FX nodes it comes from: one level per module,
+    ``<class full name>_<attribute>``, joined by ``/``, ending in ``;``; fused ops join several such names
+    with ``;`` and a uniquifying counter follows. The deepest stacks win. Under edgec's wrappers the first
+    level is the model itself. A model loaded from an ExportedProgram (.pt2) has lost its stack by the time it
+    is converted: its names hold only the wrappers, and there is no module to tell. Model outputs carry the
+    signature's names (``serving_default_output_0_output``) instead.
+    """
+    stacks = []
+    for part in name.split(";"):
+        levels = []
+        for level in part.split("/"):
+            if not level or level.startswith(_WRAPPER_PREFIXES) or "_" not in level.rsplit(".", 1)[-1]:
+                continue
+            # "<module>.<Class>_<attr>": attributes hold no dots; class names seldom hold underscores.
+            cls, _, attr = level.rsplit(".", 1)[-1].partition("_")
+            levels.append((cls, attr))
+        stacks.append(levels[1:])  # without the model itself (edgec's wrapper holds it as "model")
+    depth = max((len(s) for s in stacks), default=0)
+    if depth == 0:
+        return None
+    # Equally deep modules fused into one op (a conv and its activation in one Sequential) are all named.
+    deepest = {f"{'.'.join(attr for _, attr in s)} ({s[-1][0]})" for s in stacks if len(s) == depth}
+    return " + ".join(sorted(deepest))
+
+
+def _dequantize(value: np.ndarray, details: dict[str, Any]) -> np.ndarray | None:
+    """A tensor as float32: quantized integers through their scale and zero point (per axis when the tensor
+    has several), floats as they are; None for other tensors (indices, shapes, booleans)."""
+    q = details.get("quantization_parameters") or {}
+    scales = np.asarray(q.get("scales", ()), np.float32)
+    if np.issubdtype(value.dtype, np.floating):
+        return value.astype(np.float32)
+    if not np.issubdtype(value.dtype, np.integer) or scales.size == 0 or not np.any(scales):
+        return None
+    zero = np.asarray(q.get("zero_points", ()), np.float32)
+    if scales.size > 1:
+        shape = [1] * value.ndim
+        shape[int(q.get("quantized_dimension", 0))] = scales.size
+        scales, zero = scales.reshape(shape), zero.reshape(shape)
+    return ((value.astype(np.float32) - zero) * scales).astype(np.float32)
+
+
+class LayerReader:
+    """Every op output (and the inputs) of a .tflite file for one set of feeds, as ``LayerOutput``s.
+
+    LiteRT runs the file with ``experimental_preserve_all_tensors`` and without delegates (XNNPACK keeps the
+    tensors inside its partitions to itself), on its optimized builtin kernels or, with ``reference_kernels``,
+    on its reference kernels (the arithmetic TFLite Micro's kernels follow). QUANTIZE and DEQUANTIZE ops are
+    not layers: a tensor re-encoded for its one consumer is read after the re-encoding, as that consumer reads
+    it, under the name of the op that computed it; an FP16 file's weight casts are weights. Tensors stay in
+    the file's layout (NHWC feature maps): the comparison transposes where two files differ.
+    """
+
+    def __init__(self, path: Path, inputs: list[TFLiteIO], *, reference_kernels: bool = False):
+        try:
+            from ai_edge_litert.interpreter import Interpreter, OpResolverType
+        except ImportError:
+            raise missing_dependency("ai-edge-litert", "arm", "reading .tflite tensors") from None
+        self.path = Path(path)
+        self.inputs = inputs
+        kernels = OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+        if reference_kernels:
+            kernels = OpResolverType.BUILTIN_REF
+        with quiet_litert():
+            self.interpreter = Interpreter(
+                model_path=str(self.path), num_threads=1, experimental_op_resolver_type=kernels,
+                experimental_preserve_all_tensors=True,
+            )
+            self.interpreter.allocate_tensors()
+        by_name = {d["name"]: d["index"] for d in self.interpreter.get_input_details()}
+        missing = [io_.tflite_name for io_ in inputs if io_.tflite_name not in by_name]
+        if missing:
+            raise ConfigError(f"'{self.path}' has no inputs {missing}, which its manifest records",
+                              hint="rebuild the artifact with edgec build")
+        self._in_index = [by_name[io_.tflite_name] for io_ in inputs]
+        self._details = {d["index"]: d for d in self.interpreter.get_tensor_details()}
+        ops, names, graph_inputs = _graph(self.path)
+        self._plan = self._layers(ops, graph_inputs)
+        self._names = _unique_names(names, [t for t, *_ in self._plan])
+        self._modules = {t: module_from_tensor_name(names[t]) for t, *_ in self._plan}
+
+    @staticmethod
+    def _layers(ops: list, graph_inputs: list[int]) -> list[tuple[int, int, str, int, tuple]]:
+        """(tensor, tensor to read it from, op, op index, input tensors) per layer output, in op order."""
+        consumers: dict[int, int] = {}
+        for _, ins, _ in ops:
+            for t in ins:
+                consumers[t] = consumers.get(t, 0) + 1
+        live = set(graph_inputs)  # tensors computed from the inputs (the rest are weights and constants)
+        alias: dict[int, int] = {}  # a re-encoded tensor -> the layer output it re-encodes
+        read_from: dict[int, int] = {}
+        plan = [(t, t, "", -1, ()) for t in graph_inputs]
+        for i, (op, ins, outs) in enumerate(ops):
+            sources = tuple(alias.get(t, t) for t in ins if t in live)
+            if op in _RECODE:
+                if not sources:
+                    continue  # a weight cast
+                live.update(outs)
+                src = sources[0]
+                alias.update((t, src) for t in outs)
+                if consumers.get(ins[0]) == 1 and read_from.get(src, src) == ins[0]:
+                    read_from[src] = outs[0]
+                continue
+            live.update(outs)
+            plan += [(t, t, op, i, sources) for t in outs]
+        return [(t, read_from.get(t, t), op, i, ins) for t, _, op, i, ins in plan]
+
+    def __call__(self, feeds: dict[str, np.ndarray]) -> list[LayerOutput]:
+        calls = _row_calls(self.inputs, feeds_to_tflite(self.inputs, feeds), self.path.name)
+        rows = [self._invoke(arrays) for arrays in calls]
+        layers = []
+        for k, (t, src, op, index, ins) in enumerate(self._plan):
+            values = [row[k] for row in rows]
+            if any(v is None for v in values):
+                continue
+            value = values[0] if len(values) == 1 else np.concatenate([np.atleast_1d(v) for v in values])
+            layers.append(LayerOutput(
+                tensor=self._names[t], op=op, index=index, inputs=tuple(self._names[i] for i in ins),
+                value=value, module=self._modules[t],
+            ))
+        return layers
+
+    def _invoke(self, arrays: list[np.ndarray]) -> list[np.ndarray | None]:
+        for index, arr in zip(self._in_index, arrays):
+            self.interpreter.set_tensor(index, arr)
+        self.interpreter.invoke()
+        return [_dequantize(np.array(self.interpreter.get_tensor(src)), self._details[src])
+                for _, src, *_ in self._plan]
+
+
+def _unique_names(names: list[str], tensors: list[int]) -> dict[int, str]:
+    """Tensor index -> its name, suffixed with ``@<index>`` where two of ``tensors`` share one."""
+    counts: dict[str, int] = {}
+    for t in tensors:
+        counts[names[t]] = counts.get(names[t], 0) + 1
+    return {t: names[t] if counts[names[t]] == 1 else f"{names[t]}@{t}" for t in tensors}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -1052,6 +1236,6 @@ def convert(
 
 
 __all__ = [
-    "OBSERVERS", "TFLiteIO", "TFLiteModel", "convert", "feeds_to_tflite", "outputs_from_tflite",
-    "quiet_litert", "read_ops",
+    "OBSERVERS", "LayerReader", "TFLiteIO", "TFLiteModel", "convert", "feeds_to_tflite",
+    "module_from_tensor_name", "outputs_from_tflite", "quiet_litert", "read_ops",
 ]

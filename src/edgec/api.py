@@ -575,7 +575,8 @@ def compare(
     report: Reporter = silent_reporter,
 ):
     """Run ``edgec compare``: the same inputs through the reference (by default the build's checkpoint in torch)
-    and every artifact; each reduced-precision ONNX artifact also walked layer by layer against FP32."""
+    and every artifact; each reduced-precision ONNX or TFLite artifact also walked layer by layer against
+    FP32."""
     from edgec.benchmarks import compare as cmp
     from edgec.benchmarks.harness import load_build
     from edgec.calibration_data import load_dataset

@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 
 from edgec.compiler.errors import CalibrationError, TargetUnavailableError
-from edgec.targets.litert import TFLiteIO, quiet_litert, run_fixed_shape
-from edgec.compiler.types import Feeds, InputSpec
+from edgec.targets.litert import LayerReader, TFLiteIO, quiet_litert, run_fixed_shape
+from edgec.compiler.types import Feeds, InputSpec, LayerOutput
 from edgec.targets.base import Runner
 
 #: (module, distribution, attribute path of the Interpreter class), tried in order. tflite-runtime does not
@@ -68,6 +68,7 @@ class TFLiteRunner(Runner):
         self.outputs = outputs
         self.threads = threads
         self.interpreter: Any = None
+        self._layers: LayerReader | None = None
 
     def load(self) -> None:
         cls, self.runtime = find_interpreter()
@@ -87,6 +88,7 @@ class TFLiteRunner(Runner):
 
     def close(self) -> None:
         self.interpreter = None
+        self._layers = None
 
     def input_specs(self) -> InputSpec:
         return self.spec
@@ -99,3 +101,10 @@ class TFLiteRunner(Runner):
 
     def infer(self, feeds: Feeds) -> dict[str, Any]:
         return run_fixed_shape(self.inputs, self.outputs, feeds, self._invoke, self.path.name)
+
+    def layer_outputs(self, feeds: Feeds) -> list[LayerOutput]:
+        """Every op output, from a second LiteRT interpreter without XNNPACK (on its builtin kernels), which
+        keeps them all."""
+        if self._layers is None:
+            self._layers = LayerReader(self.path, self.inputs)
+        return self._layers(feeds)

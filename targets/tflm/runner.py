@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 
 from edgec.compiler.errors import CalibrationError, TargetBuildError, missing_dependency
-from edgec.targets.litert import TFLiteIO, run_fixed_shape
-from edgec.compiler.types import Feeds, InputSpec
+from edgec.targets.litert import LayerReader, TFLiteIO, run_fixed_shape
+from edgec.compiler.types import Feeds, InputSpec, LayerOutput
 from edgec.targets.base import Runner
 from edgec.targets.tflm.arena import captured_stderr, first_error
 
@@ -47,6 +47,7 @@ class TFLMRunner(Runner):
         self.outputs = outputs
         self.arena_bytes = int(arena_bytes)
         self.interpreter: Any = None
+        self._layers: LayerReader | None = None
 
     def load(self) -> None:
         try:
@@ -71,6 +72,7 @@ class TFLMRunner(Runner):
 
     def close(self) -> None:
         self.interpreter = None
+        self._layers = None
 
     def input_specs(self) -> InputSpec:
         return self.spec
@@ -91,3 +93,10 @@ class TFLMRunner(Runner):
 
     def infer(self, feeds: Feeds) -> dict[str, Any]:
         return run_fixed_shape(self.inputs, self.outputs, feeds, self._invoke, self.path.name)
+
+    def layer_outputs(self, feeds: Feeds) -> list[LayerOutput]:
+        """Every op output of the same .tflite file on LiteRT's reference kernels: tflite-micro's interpreter
+        cannot keep its intermediate tensors (they share the arena), and its kernels are ports of those."""
+        if self._layers is None:
+            self._layers = LayerReader(self.path, self.inputs, reference_kernels=True)
+        return self._layers(feeds)

@@ -17,7 +17,15 @@ from edgec.calibration_data import load_dataset
 from edgec.compiler.errors import ConfigError, ExportError, QuantizationError, TargetUnavailableError
 from edgec.compiler.modelio import torch_run
 from edgec.compiler.stages.load import load_checkpoint
-from edgec.targets.litert import TFLiteIO, convert, feeds_to_tflite, outputs_from_tflite, read_ops
+from edgec.targets.litert import (
+    LayerReader,
+    TFLiteIO,
+    convert,
+    feeds_to_tflite,
+    module_from_tensor_name,
+    outputs_from_tflite,
+    read_ops,
+)
 from edgec.compiler.types import ArrayCalibrationSet, InputSpec, ModelFormat, Precision, TensorSpec
 from edgec.targets.registry import resolve_target
 from edgec.targets.tflite import runner as runner_mod
@@ -212,6 +220,72 @@ def test_io_conversion_quantizes_and_transposes():
     raw = np.full((1, 2, 2, 3), 8, np.int8)
     y = outputs_from_tflite([y_io], [raw])["y"]
     assert y.dtype == np.float32 and y.shape == (1, 3, 2, 2) and np.all(y == 1.0)
+
+
+def test_layer_reader_reads_every_op_dequantized_with_its_module(tmp_path, one_torch_thread):
+    """Every op output of an INT8 file, as float, named after the module it comes from (litert-torch's tensor
+    names hold the module stack when the model is an nn.Module), on the builtin and the reference kernels."""
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.block = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU())
+            self.head = torch.nn.Linear(4 * 8 * 8, 3)
+
+        def forward(self, x):
+            return self.head(self.block(x).flatten(1))
+
+    spec = InputSpec(
+        (TensorSpec("x", (1, 1, 8, 8), "float32", "NCHW"),), (TensorSpec("y", (1, 3), "float32"),)
+    )
+    x = np.random.default_rng(0).random((16, 1, 1, 8, 8), dtype=np.float32)
+    calib = ArrayCalibrationSet([{"x": s} for s in x])
+    model = convert(Net().eval(), spec, Precision.INT8, tmp_path / "n.tflite", calib)
+    feeds = {"x": np.concatenate(x[:2])}  # two rows: the fixed-batch file runs them one at a time
+    layers = LayerReader(model.path, model.inputs)(feeds)
+    assert layers[0].op == "" and layers[0].index == -1
+    assert layers[0].value.shape == (2, 8, 8, 1)  # the input, NHWC
+    ops = [e.op for e in layers[1:]]
+    assert ops[0] in ("CONV_2D", "DEPTHWISE_CONV_2D") and ops[-1] == "FULLY_CONNECTED", ops
+    assert all(e.value.dtype == np.float32 for e in layers) and len({e.tensor for e in layers}) == len(layers)
+    assert layers[1].module == "block.0 (Conv2d) + block.1 (ReLU)"  # fused into one op
+    assert layers[-1].module is None  # a model output carries the signature's name instead
+    assert layers[1].inputs == (layers[0].tensor,)
+    y, step = layers[-1].value, model.outputs[0].scale
+    ref = LayerReader(model.path, model.inputs, reference_kernels=True)(feeds)
+    assert [e.tensor for e in ref] == [e.tensor for e in layers]
+    assert np.max(np.abs(ref[-1].value - y)) <= 2 * step
+    with runner_mod.TFLiteRunner(model.path, spec, model.inputs, model.outputs, threads=1) as runner:
+        assert np.max(np.abs(runner.infer(feeds)["y"] - y)) <= 2 * step  # XNNPACK, as the device runs it
+        assert [e.tensor for e in runner.layer_outputs(feeds)] == [e.tensor for e in layers]
+
+
+def test_module_from_tensor_name():
+    wrap = ("litert_torch._convert.to_channel_last_io.ChannelLastIOWrapper/"
+            "edgec.targets.litert._wrap.<locals>.Flat_wrapped")
+    net = f"{wrap}/__main__.Net_model"
+    block = f"{net}/torch.nn.modules.container.Sequential_layer1/__main__.Block_0"
+    fused = f"{block};;{net};;{block}/torch.nn.modules.conv.Conv2d_conv_a;1"
+    assert module_from_tensor_name(fused) == "layer1.0.conv_a (Conv2d)"  # the deepest of the fused names
+    assert module_from_tensor_name(f"{block};") == "layer1.0 (Block)"
+    assert module_from_tensor_name(f"{net};1") is None  # the model's own forward
+    assert module_from_tensor_name(f"{wrap};;{wrap};1") is None  # an ExportedProgram: the stack is gone
+    assert module_from_tensor_name("serving_default_args_0") is None
+
+
+def test_layer_values_dequantize_per_channel():
+    from edgec.targets.litert import _dequantize
+
+    q = np.array([[[[2, -4]]]], np.int8)  # NHWC, two channels on axis 3
+    details = {"quantization_parameters": {"scales": np.array([0.5, 0.25]), "zero_points": np.array([0, 0]),
+                                           "quantized_dimension": 3}}
+    np.testing.assert_array_equal(_dequantize(q, details), np.array([[[[1.0, -1.0]]]], np.float32))
+    per_tensor = {"quantization_parameters": {"scales": np.array([0.1]), "zero_points": np.array([-3]),
+                                              "quantized_dimension": 0}}
+    np.testing.assert_allclose(_dequantize(np.array([7], np.int8), per_tensor), [1.0], rtol=1e-6)
+    indices = np.array([1, 2], np.int32)
+    assert _dequantize(indices, {"quantization_parameters": {"scales": np.array([])}}) is None
 
 
 @pytest.fixture(scope="module")

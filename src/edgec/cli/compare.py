@@ -20,7 +20,7 @@ from edgec.cli import emit_json, reporter
 @click.option("--model-factory", metavar="MODULE:FUNCTION", help="Builds the nn.Module for a state_dict --reference.")
 @click.option("--trust-checkpoint", is_flag=True, help="Allow full unpickling of the --reference checkpoint.")
 @click.option("--artifact", "only", multiple=True, metavar="PROFILE/PRECISION", help="Compare only these artifacts (repeatable).")
-@click.option("--layer-samples", type=int, default=8, show_default=True, help="Samples for the layer-by-layer walk of INT8/FP16 ONNX artifacts; 0 skips it.")
+@click.option("--layer-samples", type=int, default=8, show_default=True, help="Samples for the layer-by-layer walk of INT8/FP16 ONNX and TFLite artifacts; 0 skips it.")
 @click.option("--jump-ratio", type=float, help="A layer's error jumps when it is this many times its inputs' (default 2).")
 @click.option("--jump-min-increase", type=float, help="... and grows by at least this relative RMS error (default 0.05).")
 @click.option("--threads", type=int, default=1, show_default=True, help="Intra-op threads of each runtime.")
@@ -32,8 +32,8 @@ def compare(ctx, paths, data, labels, samples, seed, reference, inputs, model_fa
     of the same checkpoint, e.g. a cpu/rpi5 build and an mcu build).
 
     Prints, per artifact and output, top-1 agreement, cosine, SNR and errors against the reference, the
-    pairwise top-1 agreement of all runs, and for each INT8/FP16 ONNX artifact the first layer whose error
-    jumps (the one to keep in higher precision).
+    pairwise top-1 agreement of all runs, and for each INT8/FP16 ONNX or TFLite artifact the first layer whose
+    error jumps against the FP32 artifact of its format (the one to keep in higher precision).
     """
     from edgec.api import compare as run_compare
     from edgec.benchmarks.compare import text_report
