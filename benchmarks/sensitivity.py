@@ -20,8 +20,6 @@ from edgec.compiler.types import Feeds
 
 #: At most this many held-out samples feed the layer-by-layer run (every tensor of both graphs is kept).
 SAMPLES = 8
-#: Layers adding less relative error than this are not worth keeping in higher precision.
-MIN_INCREASE = 1e-3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,6 +28,7 @@ class LayerScore:
     op_type: str
     rel_error: float
     increase: float
+    group: str = ""  # nodes of one structural role share it (see _role)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -64,10 +63,33 @@ def rank_layers(fp32: Path, quantized: Path, samples: Sequence[Feeds]) -> list[L
         if out is None:
             continue
         before = max([errors.get(i, 0.0) for i in node.input] or [0.0])
-        increase = out - before
-        if increase >= MIN_INCREASE:
-            scores.append(LayerScore(node.name, node.op_type, round(out, 6), round(increase, 6)))
+        increase = max(0.0, out - before)
+        scores.append(LayerScore(node.name, node.op_type, round(out, 6), round(increase, 6), _role(ref, node)))
     return sorted(scores, key=lambda s: s.increase, reverse=True)
+
+
+def _role(model: Any, node: Any) -> str:
+    """A node's structural role: its op, its weight's shape and the op its activation comes from. The repeated
+    blocks of a transformer share roles (every layer's FFN output projection reads a GELU, with the same weight
+    shape), so one role is one "layer group" to keep in higher precision together."""
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    producer = {o: n for n in model.graph.node for o in n.output}
+    weight = next((tuple(numpy_helper.to_array(inits[i]).shape) for i in node.input[1:2] if i in inits), ())
+    source = producer.get(node.input[0]) if node.input else None
+    while source is not None and source.op_type in _PLUMBING and source.input:
+        source = producer.get(source.input[0])
+    return f"{node.op_type} {'x'.join(map(str, weight)) or '-'} after {source.op_type if source else 'input'}"
+
+
+def groups(ranking: Sequence[LayerScore]) -> list[list[str]]:
+    """The ranked nodes gathered by role, the role adding the most error (summed) first."""
+    by_role: dict[str, list[LayerScore]] = {}
+    for score in ranking:
+        by_role.setdefault(score.group, []).append(score)
+    ordered = sorted(by_role.values(), key=lambda g: sum(s.increase for s in g), reverse=True)
+    return [[s.node for s in g] for g in ordered]
 
 
 def tensor_errors(ref: Any, cand: Any, samples: list[Feeds]) -> dict[str, float]:
@@ -110,36 +132,44 @@ class Attempt:
 
 
 def search(
-    ranking: Sequence[str], attempt: Callable[[list[str]], tuple[Verdict, Any]], max_attempts: int = 6
+    candidates: Sequence[list[str]], attempt: Callable[[list[str]], tuple[Verdict, Any]], probe_limit: int = 6,
+    max_attempts: int = 8,
 ) -> tuple[Attempt | None, list[Attempt]]:
-    """Keep the top 1, 2, 4, ... of ``ranking`` in higher precision (``attempt`` builds and verifies that) until
-    an artifact passes; then, between the last failing count and the passing one, the fewest that pass.
+    """Find few layers to keep in higher precision so that ``attempt`` (build + verify with those kept) passes.
 
-    Returns the passing attempt (None when even the whole ranking fails, or ``max_attempts`` ran out) and every
-    attempt made, in order.
+    ``candidates`` are layer groups, worst first. With few groups (a transformer's roles) each is first kept
+    alone, in order, until one passes; otherwise the groups are re-ordered by the drop each left (the measured
+    effect on the task metric, not the layer-wise error, decides) and added in that order until an attempt
+    passes. Returns the passing
+    attempt (None when none passed within ``max_attempts``) and every attempt, in order.
     """
     tried: list[Attempt] = []
 
-    def run(k: int) -> Attempt:
-        verdict, outcome = attempt(list(ranking[:k]))
-        tried.append(Attempt(list(ranking[:k]), verdict, outcome))
+    def run(keep: list[str]) -> Attempt:
+        verdict, outcome = attempt(keep)
+        tried.append(Attempt(list(keep), verdict, outcome))
         return tried[-1]
 
-    low, k, found = 0, 1, None
-    while k <= len(ranking) and len(tried) < max_attempts:
-        result = run(k)
-        if result.verdict.passed:
-            found = result
+    order = list(candidates)
+    if 1 < len(order) <= probe_limit:
+        probes = []
+        for group in order:
+            probes.append(run(group))
+            if probes[-1].verdict.passed:
+                return probes[-1], tried
+        order = [g for _, g in sorted(zip(probes, order), key=lambda pair: _drop(pair[0].verdict))]
+    keep: list[str] = []
+    for count, group in enumerate(order, start=1):
+        keep = [*keep, *group]
+        if count == 1 and tried and tried[0].kept == keep:
+            continue  # already tried alone
+        if len(tried) >= max_attempts:
             break
-        low, k = k, (k * 2 if k * 2 <= len(ranking) or k == len(ranking) else len(ranking))
-    if found is None:
-        return None, tried
-    high = len(found.kept)
-    while high - low > 1 and len(tried) < max_attempts + 3:
-        mid = (low + high) // 2
-        result = run(mid)
+        result = run(keep)
         if result.verdict.passed:
-            found, high = result, mid
-        else:
-            low = mid
-    return found, tried
+            return result, tried
+    return None, tried
+
+
+def _drop(verdict: Verdict) -> float:
+    return max((m.drop for m in verdict.metrics.values()), default=0.0)

@@ -379,7 +379,7 @@ def _verify(pipeline: Any, recipe: Recipe, builds: list[Any], onnx_model: Any, h
     if held is None:  # --no-verify, or only FP32 was built
         return [(b.stage, "reference" if b.precision == Precision.FP32 else "skipped (--no-verify)") for b in builds]
     verifier = Verifier(pipeline, onnx_model, held, tasks, Budget(recipe.max_accuracy_drop, recipe.min_cosine),
-                        report)
+                        report, fallback=recipe.fallback)
     return [verifier.verify(b) if b.precision != Precision.FP32 else (b.stage, "reference") for b in builds]
 
 

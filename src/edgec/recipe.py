@@ -91,6 +91,9 @@ class Recipe:
                                              "headline metric (default per task).", metavar="PTS")
     min_cosine: float | None = _field(None, "Accuracy budget: lowest cosine to FP32 of any output (default per "
                                       "task).", metavar="C")
+    fallback: bool = _field(True, "When an INT8 artifact breaks the budget, keep its worst layers in higher precision "
+                            "until it holds (--no-fallback fails the build instead).", flag=None,
+                            negative="--no-fallback")
     calibrate_confidence: bool = _field(False, "Fit a temperature per classification output on held-out labelled "
                                         "data so compressed models are no more over-confident than FP32.")
     # Structured pruning (torch-pruning DepGraph) and distillation, between loading and export.

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from edgec.benchmarks.verify import Budget, Verdict, judge
+from edgec.compiler.cache import hash_key
 from edgec.compiler.context import Reporter
 from edgec.compiler.errors import QuantizationError
 from edgec.compiler.tasks import OutputTask
@@ -90,13 +91,14 @@ class Verifier:
     """Verifies the builds of one ``edgec build`` and runs the fallback where one is over budget."""
 
     def __init__(self, pipeline: Any, onnx_model: OnnxModel, held: HeldOut, tasks: list[OutputTask],
-                 budget: Budget, report: Reporter):
+                 budget: Budget, report: Reporter, fallback: bool = True):
         self.pipeline = pipeline
         self.onnx_model = onnx_model
         self.held = held
         self.tasks = tasks
         self.budget = budget
         self.report = report
+        self.fallback = fallback
         self._reference: list[dict[str, np.ndarray]] | None = None
         self._ranking: list[Any] | None = None
 
@@ -156,11 +158,14 @@ class Verifier:
             return build.stage, record
         if build.precision != Precision.INT8:
             raise self._failure(verdict, "no fallback exists for this precision", [])
+        if not self.fallback:
+            worst = [s.node for s in self.ranking(artifact)[:3]]
+            raise self._failure(verdict, "--no-fallback: the layers adding the most error are listed", worst)
         return self._fallback(build, artifact, verdict, record)
 
     def _fallback(self, build: Build, artifact: Artifact, verdict: Verdict,
                   record: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-        from edgec.benchmarks.sensitivity import search
+        from edgec.benchmarks.sensitivity import groups, search
         from edgec.compiler.stages.target import TargetStage
 
         ranking = self.ranking(artifact)
@@ -172,22 +177,25 @@ class Verifier:
             worst = ", ".join(f"'{s.node}' ({s.op_type}, +{s.increase:.3f})" for s in ranking[:3])
             raise self._failure(verdict, f"this target has no higher precision to keep layers in; the layers "
                                 f"adding the most error: {worst}", nodes[:3])
-        stages: dict[tuple[str, ...], str] = {}
+
+        seen: dict[str, tuple[Verdict, str]] = {}
 
         def attempt(keep: list[str]) -> tuple[Verdict, str]:
+            variant = "keep-" + hash_key(sorted(keep))[:8]
+            if variant in seen:
+                return seen[variant]
             target = build.target.keep_in_higher_precision(keep)
-            stage = TargetStage(target, build.folder, build.precision, source=self._source_name(build),
-                                variant=f"keep{len(keep)}")
-            name = self.pipeline.add(stage)
+            name = self.pipeline.add(TargetStage(target, build.folder, build.precision,
+                                                 source=self._source_name(build), variant=variant))
             self.report(f"[fallback] {build.folder}/{build.precision.value}: keeping {len(keep)} layer(s) in "
                         f"higher precision ({', '.join(keep[:4])}{', ...' if len(keep) > 4 else ''})")
             (artifact,) = self.pipeline.value(name)[:1]
             result = self.verdict(artifact)
             self.report(f"[verify] {result.line()}")
-            stages[tuple(keep)] = name
-            return result, name
+            seen[variant] = (result, name)
+            return seen[variant]
 
-        found, tried = search(nodes, attempt)
+        found, tried = search(groups(ranking), attempt)
         record["fallback"] = {
             "ranking": [s.to_dict() for s in ranking[:20]],
             "attempts": [a.to_dict() for a in tried],

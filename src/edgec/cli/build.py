@@ -88,9 +88,20 @@ def build(ctx: click.Context, checkpoint: Path | None, config: Path | None, cach
             if fusion["float"]:
                 note += f" (left in float: {', '.join(fusion['float_nodes'][:5])})"
         click.echo(f"{art.path.relative_to(result.out)}  {art.path.stat().st_size / 1024:.1f} KiB{note}")
+        click.echo(f"  {_verification_line(art.metadata.get('verification'))}")
         for name, shapes in art.metadata.get("optimization_profile", {}).items():
             sources = art.metadata.get("profile_sources", {}).get(name, [])
             derived = sorted({s for s in sources if s != "fixed"})
             dims = {k: "x".join(map(str, v)) for k, v in shapes.items()}
             click.echo(f"  optimization profile {name}: min {dims['min']}, opt {dims['opt']}, max {dims['max']}"
                        f" (from {', '.join(derived)})")
+
+
+def _verification_line(record: Any) -> str:
+    if not isinstance(record, dict):
+        return f"verification: {record or 'none'}"
+    figures = "; ".join(f"{name} {m['task']} {m['headline']} {m['value']:.4g}" for name, m in record["outputs"].items()
+                        if m.get("value") is not None)
+    kept = (record.get("fallback") or {}).get("kept")
+    fallback = f", {len(kept)} layer(s) kept in higher precision" if kept else ""
+    return f"verified on {record['data']}: {figures}{fallback}"
