@@ -20,6 +20,8 @@ from edgec.compiler.types import Feeds
 
 #: At most this many held-out samples feed the layer-by-layer run (every tensor of both graphs is kept).
 SAMPLES = 8
+#: Activations a quantizer folds into the layer before them.
+_FUSED_ACTIVATIONS = frozenset({"Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "PRelu"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,9 +40,9 @@ def rank_layers(fp32: Path, quantized: Path, samples: Sequence[Feeds]) -> list[L
     """The quantized nodes of ``quantized`` (a QDQ or dynamically quantized model of ``fp32``) by the error that
     quantizing each adds, worst first.
 
-    Both models run with every float tensor exposed, and each tensor's relative error is taken on the tensor
-    itself, before any QuantizeLinear that reads it: the rounding of a node's inputs and weights then shows at
-    that node's output and not at the producer of its inputs, so the node named is the one whose Q/DQ to drop.
+    Both models run with every float tensor exposed. A node's score is the error of its output as the next
+    layer reads it (after its output's Q/DQ) minus the error of its inputs taken before their Q/DQ: the rounding
+    of its inputs, weights and output, so the node named is the one whose Q/DQ to drop.
     A node counts as quantized when it reads a DequantizeLinear output, or when the quantizer replaced it
     (dynamic quantization's MatMulInteger keeps the output name, not the node).
     """
@@ -48,20 +50,36 @@ def rank_layers(fp32: Path, quantized: Path, samples: Sequence[Feeds]) -> list[L
 
     ref = onnx.load(str(fp32))
     cand = onnx.load(str(quantized))
-    errors = tensor_errors(ref, cand, list(samples[:SAMPLES]))
+    errors, as_read = tensor_errors(ref, cand, list(samples[:SAMPLES]))
     dq_outputs = {o for n in cand.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
     cand_nodes = {n.name: n for n in cand.graph.node}
+    consumers: dict[str, list[Any]] = {}
+    for n in ref.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+
+    def effective(tensor: str) -> str | None:
+        """The tensor a node's output shows in: itself, or, when the quantizer fused the activation after it
+        (Conv + Relu become one QDQ Conv), the output of that activation."""
+        while tensor not in errors:
+            users = consumers.get(tensor, [])
+            if len(users) != 1 or users[0].op_type not in _FUSED_ACTIVATIONS:
+                return None
+            tensor = users[0].output[0]
+        return tensor
+
     scores = []
     for node in ref.graph.node:
-        if node.op_type in _PLUMBING:
-            continue
+        if node.op_type in _PLUMBING or node.op_type in _FUSED_ACTIVATIONS:
+            continue  # an activation's rounding belongs to the layer before it (quantizers fuse the pair)
         twin = cand_nodes.get(node.name)
         replaced = twin is None and node.op_type in ("MatMul", "Gemm", "Conv")
         if not (replaced or (twin is not None and any(i in dq_outputs for i in twin.input))):
             continue
-        out = errors.get(node.output[0])
-        if out is None:
+        shown = effective(node.output[0])
+        if shown is None:
             continue
+        out = as_read[shown]
         before = max([errors.get(i, 0.0) for i in node.input] or [0.0])
         increase = max(0.0, out - before)
         scores.append(LayerScore(node.name, node.op_type, round(out, 6), round(increase, 6), _role(ref, node)))
@@ -92,33 +110,45 @@ def groups(ranking: Sequence[LayerScore]) -> list[list[str]]:
     return [[s.node for s in g] for g in ordered]
 
 
-def tensor_errors(ref: Any, cand: Any, samples: list[Feeds]) -> dict[str, float]:
-    """Relative RMS error of every float tensor both models produce under the same name, over ``samples``."""
+def tensor_errors(ref: Any, cand: Any, samples: list[Feeds]) -> tuple[dict[str, float], dict[str, float]]:
+    """Relative RMS error of every float tensor both models produce under the same name, over ``samples``: as
+    the tensor itself (before any QuantizeLinear reading it), and as its consumers read it (after the
+    QuantizeLinear/DequantizeLinear pair, which also applies a ReLU the quantizer folded into the rounding)."""
     import math
     import tempfile
 
     import numpy as np
 
-    from edgec.benchmarks.compare import _expose, _float_tensors
+    from edgec.benchmarks.compare import _as_consumed, _expose, _float_tensors
     from edgec.compiler.onnxutil import ort_session
 
     ref_types, cand_types = _float_tensors(ref), _float_tensors(cand)
     shared = [name for name in ref_types if name in cand_types]
-    sums = {name: [0.0, 0.0] for name in shared}
+    read_as = _as_consumed(cand)
+    consumed = [read_as.get(name, name) for name in shared]
+    wanted = list(dict.fromkeys([*shared, *consumed]))
+    sums = {name: [0.0, 0.0, 0.0] for name in shared}  # signal, raw noise, consumed noise
     with tempfile.TemporaryDirectory(prefix="edgec-sensitivity-") as tmp:
         ref_file, cand_file = Path(tmp) / "reference.onnx", Path(tmp) / "candidate.onnx"
         _expose(ref, shared, ref_types, ref_file)
-        _expose(cand, shared, cand_types, cand_file)
+        _expose(cand, wanted, {n: cand_types.get(n, ref_types.get(n)) for n in wanted}, cand_file)
         ref_sess, cand_sess = ort_session(ref_file, level="basic"), ort_session(cand_file, level="basic")
         names = [i.name for i in ref_sess.get_inputs()]
         for feeds in samples:
             f = {n: np.asarray(feeds[n]) for n in names}
-            for name, a, b in zip(shared, ref_sess.run(shared, f), cand_sess.run(shared, f)):
-                a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-                if a.shape == b.shape:
+            got = dict(zip(wanted, cand_sess.run(wanted, f)))
+            for name, as_read, a in zip(shared, consumed, ref_sess.run(shared, f)):
+                a = np.asarray(a, np.float64)
+                raw, read = np.asarray(got[name], np.float64), np.asarray(got[as_read], np.float64)
+                if a.shape == raw.shape == read.shape:
                     sums[name][0] += float(np.sum(a * a))
-                    sums[name][1] += float(np.sum((a - b) ** 2))
-    return {name: (math.sqrt(noise / signal) if signal > 0 else 0.0) for name, (signal, noise) in sums.items()}
+                    sums[name][1] += float(np.sum((a - raw) ** 2))
+                    sums[name][2] += float(np.sum((a - read) ** 2))
+
+    def rel(signal: float, noise: float) -> float:
+        return math.sqrt(noise / signal) if signal > 0 else 0.0
+
+    return ({n: rel(v[0], v[1]) for n, v in sums.items()}, {n: rel(v[0], v[2]) for n, v in sums.items()})
 
 
 @dataclasses.dataclass
@@ -139,8 +169,8 @@ def search(
 
     ``candidates`` are layer groups, worst first. With few groups (a transformer's roles) each is first kept
     alone, in order, until one passes; otherwise the groups are re-ordered by the drop each left (the measured
-    effect on the task metric, not the layer-wise error, decides) and added in that order until an attempt
-    passes. Returns the passing
+    effect on the task metric, not the layer-wise error, decides). Then the first 1, 2, 4, ... groups are kept
+    together until an attempt passes. Returns the passing
     attempt (None when none passed within ``max_attempts``) and every attempt, in order.
     """
     tried: list[Attempt] = []
@@ -158,11 +188,12 @@ def search(
             if probes[-1].verdict.passed:
                 return probes[-1], tried
         order = [g for _, g in sorted(zip(probes, order), key=lambda pair: _drop(pair[0].verdict))]
-    keep: list[str] = []
-    for count, group in enumerate(order, start=1):
-        keep = [*keep, *group]
-        if count == 1 and tried and tried[0].kept == keep:
-            continue  # already tried alone
+    # Keep the first 1, 2, 4, ... groups (of the re-ordered list when probed), then all of them.
+    counts = sorted({*(2 ** k for k in range(len(order).bit_length()) if 2 ** k < len(order)), len(order)})
+    for count in counts:
+        keep = [node for group in order[:count] for node in group]
+        if any(a.kept == keep for a in tried):
+            continue
         if len(tried) >= max_attempts:
             break
         result = run(keep)

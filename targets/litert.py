@@ -975,6 +975,11 @@ def _convert_int8(
     return {"calibration_rows": rows, "kept_float": sorted(keep)}
 
 
+#: FX node names (op names) of the layers the accuracy fallback can keep float in a TFLite model.
+_LAYER_OPS = frozenset({"conv2d", "conv1d", "conv_transpose2d", "linear", "matmul", "bmm", "mm", "addmm", "mul",
+                        "add", "sub", "div", "cat", "mean", "prelu", "layer_norm", "softmax"})
+
+
 def _fx_names(graph: Any, onnx_nodes: tuple[str, ...]) -> list[str]:
     """The nodes of an exported graph that ONNX nodes of the FP32 export correspond to.
 
@@ -987,7 +992,7 @@ def _fx_names(graph: Any, onnx_nodes: tuple[str, ...]) -> list[str]:
 
     wanted = {}
     for name in onnx_nodes:
-        m = re.fullmatch(r"node_([A-Za-z_]+?)(?:_(\d+))?", name)
+        m = re.fullmatch(r"node_(.+?)(?:_(\d+))?", name)
         if m:
             wanted[(m.group(1), int(m.group(2) or 0))] = name
     counts: dict[str, int] = {}
@@ -996,11 +1001,13 @@ def _fx_names(graph: Any, onnx_nodes: tuple[str, ...]) -> list[str]:
         stack = node.meta.get("nn_module_stack") or {}
         if node.op != "call_function" or len(stack) < 2:  # edgec's wrapper sits at the root of the stack
             continue
-        m = re.fullmatch(r"([A-Za-z_]+?)(?:_(\d+))?", node.name)
+        m = re.fullmatch(r"(.+?)(?:_(\d+))?", node.name)
         base = m.group(1) if m else node.name
         rank = counts.get(base, 0)
         counts[base] = rank + 1
-        if (base, rank) in wanted:
+        # Only layers: an activation belongs to the layer before it (the quantizer annotates them as one
+        # pattern), and stripping it alone breaks litert-torch's conversion.
+        if (base, rank) in wanted and base in _LAYER_OPS:
             found.append(node.name)
     return found
 
