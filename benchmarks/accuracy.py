@@ -40,13 +40,36 @@ class OutputMetrics:
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
+#: The task whose figure is an artifact's headline when no labels pick the output: the first output of the
+#: first task in this order.
+_HEADLINE_ORDER = ("classification", "detection", "embedding", "sequence", "dense", "multilabel", "regression",
+                   "generic")
+
+
 @dataclasses.dataclass
 class AccuracyReport:
-    """Figures per output, plus the headline figures of the first classification output."""
+    """Figures per output (element-wise, and in each output's task terms), plus the headline figures.
+
+    The headline is the task metric of one output: the labelled classification output when labels were given,
+    else the first output of the most telling task (``_HEADLINE_ORDER``). Reports without task metrics (saved
+    by an older edgec) fall back to the first classification output's top-1 agreement.
+    """
 
     per_output: dict[str, OutputMetrics]
     samples: int
     reference: str = ""  # what the candidate was compared against, e.g. "onnxruntime/fp32"
+    tasks: dict[str, Any] = dataclasses.field(default_factory=dict)  # output -> TaskMetrics
+
+    @property
+    def headline(self) -> Any:
+        """The TaskMetrics the headline figures come from, or None."""
+        if not self.tasks:
+            return None
+        labelled = [m for m in self.tasks.values() if m.drop_basis == "labels"]
+        if labelled:
+            return labelled[0]
+        return min(self.tasks.values(), key=lambda m: _HEADLINE_ORDER.index(m.task)
+                   if m.task in _HEADLINE_ORDER else len(_HEADLINE_ORDER))
 
     @property
     def primary(self) -> OutputMetrics | None:
@@ -73,7 +96,13 @@ class AccuracyReport:
 
     @property
     def drop_basis(self) -> str | None:
-        """ "labels" when the drop is task accuracy, "agreement" when it is 100 - top-1 agreement."""
+        """What the drop measures: "labels" (task accuracy), "agreement" (100 - top-1 agreement), or the
+        headline task metric ("embedding mean_cosine")."""
+        head = self.headline
+        if head is not None:
+            if head.drop_basis == "labels":
+                return "labels"
+            return "agreement" if head.headline == "top1_agreement" else f"{head.task} {head.headline}"
         p = self.primary
         if p is None:
             return None
@@ -81,7 +110,11 @@ class AccuracyReport:
 
     @property
     def accuracy_drop(self) -> float | None:
-        """Points lost: reference - candidate accuracy with labels, else 100 - top-1 agreement."""
+        """Points lost on the headline task metric (see ``edgec.benchmarks.metrics``): reference - candidate
+        accuracy with labels, else 100 - top-1 agreement for a classifier, 100 x (1 - cosine) for an embedding..."""
+        head = self.headline
+        if head is not None:
+            return head.drop
         p = self.primary
         if p is None:
             return None
@@ -106,15 +139,22 @@ class AccuracyReport:
             "reference_accuracy": self.reference_accuracy,
             "accuracy_drop": self.accuracy_drop,
             "drop_basis": self.drop_basis,
+            "headline": None if self.headline is None else {
+                "output": self.headline.output, "task": self.headline.task, "metric": self.headline.headline,
+                "value": self.headline.value},
             "per_output": {name: m.to_dict() for name, m in self.per_output.items()},
+            "tasks": {name: m.to_dict() for name, m in self.tasks.items()},
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> AccuracyReport:
+        from edgec.benchmarks.metrics import TaskMetrics
+
         return cls(
             per_output={name: OutputMetrics.from_dict(m) for name, m in d["per_output"].items()},
             samples=int(d["samples"]),
             reference=d.get("reference", ""),
+            tasks={name: TaskMetrics.from_dict(m) for name, m in (d.get("tasks") or {}).items()},
         )
 
 
@@ -194,6 +234,7 @@ def compare_outputs(
     labels: np.ndarray | None = None,
     output_names: list[str] | None = None,
     reference_name: str = "",
+    tasks: list[Any] | None = None,
 ) -> AccuracyReport:
     """Compare a candidate's outputs with the reference's, sample by sample.
 
@@ -203,6 +244,8 @@ def compare_outputs(
         labels: one integer label per sample (per row, in order, for batched samples), or None.
         output_names: the outputs to compare, in order; default: all of the first reference sample's.
         reference_name: what the reference is, recorded in the report.
+        tasks: each output's ``OutputTask`` (from the build's manifest); default: inferred from the outputs'
+            shapes. Every output is also scored in its task's terms (``edgec.benchmarks.metrics``).
     """
     if len(reference) != len(candidate):
         raise ValueError(f"{len(reference)} reference samples but {len(candidate)} candidate samples")
@@ -223,4 +266,27 @@ def compare_outputs(
         is_primary = not seen_classification and _is_classification(ref[0])
         per_output[name] = _compare_one(name, ref, cand, label_arr, is_primary)
         seen_classification = seen_classification or per_output[name].classification
-    return AccuracyReport(per_output=per_output, samples=len(reference), reference=reference_name)
+    scored = _task_metrics(reference, candidate, names, label_arr, tasks)
+    return AccuracyReport(per_output=per_output, samples=len(reference), reference=reference_name, tasks=scored)
+
+
+def _task_metrics(reference: list[dict[str, np.ndarray]], candidate: list[dict[str, np.ndarray]], names: list[str],
+                  labels: np.ndarray | None, tasks: list[Any] | None) -> dict[str, Any]:
+    """Each output in its task's terms; labels go to the first classification output."""
+    from edgec.benchmarks.metrics import task_metrics
+    from edgec.compiler.tasks import resolve_tasks
+    from edgec.compiler.types import InputSpec, TensorSpec
+
+    by_name = {t.output: t for t in tasks or ()}
+    if not all(n in by_name for n in names):
+        first = reference[0]
+        spec = InputSpec((), tuple(TensorSpec(n, np.asarray(first[n]).shape, np.asarray(first[n]).dtype.name)
+                                   for n in names))
+        inferred = {t.output: t for t in resolve_tasks(spec, has_labels=labels is not None)}
+        by_name = {n: by_name.get(n, inferred[n]) for n in names}
+    labelled = next((n for n in names if by_name[n].task == "classification"), None)
+    return {
+        n: task_metrics(by_name[n], [r[n] for r in reference], [c[n] for c in candidate],
+                        labels if n == labelled else None)
+        for n in names
+    }

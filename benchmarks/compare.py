@@ -162,8 +162,11 @@ def compare_runtimes(
 ) -> Comparison:
     """Each artifact's outputs (by artifact name, per sample, already named like the reference's) against the
     reference's, and the pairwise agreement of all of them."""
+    from edgec.benchmarks.harness import artifact_tasks
+
     reports = {
-        a.name: compare_outputs(reference_outputs, outputs[a.name], labels=labels, reference_name=reference_name)
+        a.name: compare_outputs(reference_outputs, outputs[a.name], labels=labels, reference_name=reference_name,
+                                tasks=artifact_tasks(a))
         for a in artifacts
     }
     primary = _primary_output(reference_outputs[0])

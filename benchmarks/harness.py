@@ -339,9 +339,17 @@ def score_runs(
         mapping = _match_outputs(ref_names, list(outputs[i][0]), artifact.name)
         runs[i].accuracy = compare_outputs(
             ref_outs, _rename(outputs[i], mapping), labels=label_arr, output_names=ref_names,
-            reference_name=ref_name,
+            reference_name=ref_name, tasks=artifact_tasks(artifact),
         )
     return described
+
+
+def artifact_tasks(artifact: Artifact) -> list[Any] | None:
+    """The output tasks the build recorded for ``artifact`` (``load_build`` puts the manifest's there), or None."""
+    from edgec.compiler.tasks import OutputTask
+
+    recorded = artifact.metadata.get("tasks")
+    return [OutputTask.from_dict(t) for t in recorded] if recorded else None
 
 
 def _guess_precision(name: str) -> Precision:
@@ -421,5 +429,7 @@ def load_build(path: str | Path) -> tuple[list[Artifact], dict[str, Any]]:
                 f"artifact '{artifact.path}' listed in '{manifest_path}' is missing",
                 hint="rebuild with: edgec build ...",
             )
+        if manifest.get("tasks"):
+            artifact.metadata["tasks"] = manifest["tasks"]
         artifacts.append(artifact)
     return artifacts, manifest

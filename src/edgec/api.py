@@ -44,6 +44,7 @@ class _Plan:
     builds: list[tuple[Any, Any, Precision]]  # (profile, target instance, precision)
     needs_int8: bool
     prune_criterion: str | None = None  # resolved; None when not pruning
+    budget: Any = None  # the accuracy budget verification judges by
 
 
 def plan_build(recipe: Recipe) -> _Plan:
@@ -109,7 +110,10 @@ def plan_build(recipe: Recipe) -> _Plan:
         )
     inputs = tuple(TensorSpec.parse(s) for s in recipe.inputs)
     criterion = _plan_compression(recipe, checkpoint)
-    return _Plan(checkpoint, out, inputs, builds, needs_int8, criterion)
+    from edgec.benchmarks.verify import Budget
+
+    budget = Budget(recipe.max_accuracy_drop, recipe.min_cosine)
+    return _Plan(checkpoint, out, inputs, builds, needs_int8, criterion, budget)
 
 
 def _plan_compression(recipe: Recipe, checkpoint: Path) -> str | None:
@@ -295,7 +299,7 @@ def build(recipe: Recipe, report: Reporter = silent_reporter, cache_dir: Path | 
             for profile, target, p in plan.builds
         ]
         pipeline.run(checks + [b.stage for b in builds])
-        shipped = _verify(pipeline, recipe, builds, onnx_model, held, tasks, report)
+        shipped = _verify(pipeline, recipe, plan, builds, onnx_model, held, tasks, report)
 
         partial.mkdir()
         artifacts: list[Artifact] = []
@@ -370,16 +374,14 @@ def _tasks(recipe: Recipe, onnx_model: Any, held: Any, report: Reporter) -> list
     return tasks
 
 
-def _verify(pipeline: Any, recipe: Recipe, builds: list[Any], onnx_model: Any, held: Any, tasks: list[Any],
-            report: Reporter) -> list[tuple[str, dict[str, Any] | str]]:
+def _verify(pipeline: Any, recipe: Recipe, plan: _Plan, builds: list[Any], onnx_model: Any, held: Any,
+            tasks: list[Any], report: Reporter) -> list[tuple[str, dict[str, Any] | str]]:
     """Per build, the pipeline value holding the artifacts to ship and their verification record."""
-    from edgec.benchmarks.verify import Budget
     from edgec.verification import Verifier
 
     if held is None:  # --no-verify, or only FP32 was built
         return [(b.stage, "reference" if b.precision == Precision.FP32 else "skipped (--no-verify)") for b in builds]
-    verifier = Verifier(pipeline, onnx_model, held, tasks, Budget(recipe.max_accuracy_drop, recipe.min_cosine),
-                        report, fallback=recipe.fallback)
+    verifier = Verifier(pipeline, onnx_model, held, tasks, plan.budget, report, fallback=recipe.fallback)
     return [verifier.verify(b) if b.precision != Precision.FP32 else (b.stage, "reference") for b in builds]
 
 

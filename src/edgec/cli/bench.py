@@ -23,7 +23,11 @@ from edgec.cli import emit_json, reporter
 @click.option("--iterations", type=int, help="Timed runs per artifact (default 100).")
 @click.option("--duration", type=float, help="Time budget in seconds per artifact, instead of --iterations.")
 @click.option("--threads", type=int, default=1, show_default=True, help="Intra-op threads of each runtime.")
-@click.option("--max-accuracy-drop", type=float, help="Gate: fail (exit 6) when an artifact loses more points of accuracy (or top-1 agreement without labels).")
+@click.option("--output-task", "output_tasks", multiple=True, metavar="NAME=TASK[:OPTIONS]", help="The task of an output (overrides what the build recorded or inferred), e.g. output0=detection:layout=xyxy.")
+@click.option("--max-accuracy-drop", type=float, help="Gate: fail (exit 6) when an artifact loses more points on its headline task metric (accuracy with --labels; top-1 agreement, cosine, IoU... without).")
+@click.option("--min-cosine", type=float, help="Gate: fail when an output's cosine to the reference is lower.")
+@click.option("--max-ece-increase", type=float, help="Gate: fail when a classification output's expected calibration error grows more than this (needs --labels).")
+@click.option("--min-iou", type=float, help="Gate: fail when a detection or dense output's IoU to the reference is lower.")
 @click.option("--max-latency-ms", type=float, help="Gate: fail (exit 6) when an artifact's p50 latency exceeds this.")
 @click.option("--json", "json_out", metavar="PATH|-", help="Write the results as JSON to PATH, or to stdout with '-' (then nothing else is printed there).")
 @click.option("--remote", metavar="USER@HOST[:PORT]", help="Run the artifacts on this device over SSH (it needs Python 3.10+, numpy and the runtime); accuracy is computed here. Failures exit 5.")
@@ -31,8 +35,8 @@ from edgec.cli import emit_json, reporter
 @click.option("--remote-python", metavar="PATH", help="Python on the --remote device (default: python3).")
 @click.pass_context
 def bench(ctx, path, data, labels, samples, seed, reference, inputs, model_factory, trust_checkpoint, warmup,
-          iterations, duration, threads, max_accuracy_drop, max_latency_ms, json_out, remote, identity,
-          remote_python) -> None:
+          iterations, duration, threads, output_tasks, max_accuracy_drop, min_cosine, max_ece_increase, min_iou,
+          max_latency_ms, json_out, remote, identity, remote_python) -> None:
     """Benchmark PATH (a build folder or one artifact) on its real runtimes.
 
     Prints per artifact latency p50/p90/p99, throughput, peak memory, size, and accuracy against the FP32
@@ -53,7 +57,7 @@ def bench(ctx, path, data, labels, samples, seed, reference, inputs, model_facto
     results = run_bench(
         path, data, labels=labels, samples=samples, seed=seed, reference=reference, inputs=inputs,
         model_factory=model_factory, trust_checkpoint=trust_checkpoint, warmup=warmup, iterations=iterations,
-        duration=duration, threads=threads, report=reporter(ctx), **remote_args,
+        duration=duration, threads=threads, report=reporter(ctx), output_tasks=output_tasks, **remote_args,
     )
     if json_out == "-":
         emit_json(results.to_dict(), "-")
@@ -61,7 +65,8 @@ def bench(ctx, path, data, labels, samples, seed, reference, inputs, model_facto
         click.echo(text_table(results))
         if json_out:
             results.to_json(json_out)
-    breaches = check_gates(results, max_accuracy_drop, max_latency_ms)
-    if not breaches and (max_accuracy_drop is not None or max_latency_ms is not None):
+    task_gates = {"min_cosine": min_cosine, "max_ece_increase": max_ece_increase, "min_iou": min_iou}
+    breaches = check_gates(results, max_accuracy_drop, max_latency_ms, **task_gates)
+    if not breaches and any(g is not None for g in (max_accuracy_drop, max_latency_ms, *task_gates.values())):
         click.echo("gates: passed", err=json_out == "-")
-    enforce_gates(results, max_accuracy_drop, max_latency_ms)
+    enforce_gates(results, max_accuracy_drop, max_latency_ms, **task_gates)
