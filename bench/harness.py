@@ -1,10 +1,10 @@
 """The harness's own figures for ``make bench``: its overhead against a bare ``session.run`` loop, and the
 run-to-run spread of ``edgec bench`` with its default settings.
 
-Overhead: in one process, blocks of 20 calls alternate between a bare loop (``perf_counter_ns`` around
+Overhead: in one process, blocks of calls alternate between a bare loop (``perf_counter_ns`` around
 ``session.run`` on an ONNX Runtime session made with the same settings) and edgec's timing path (the registry's
 runner's ``call``, timed by the same ``timed_loop`` ``edgec bench`` uses); overhead = edgec's p50 over all its calls / the
-bare loop's p50 - 1 (300 blocks of 1-20 calls a side, at most 20 s a model).
+bare loop's p50 - 1 (blocks of about 2 ms, 1 to 20 calls, as many as the time budget allows).
 
 Spread: ``edgec bench BUILD --json -`` runs as separate processes, one after another, with its default settings;
 spread is (max - min) / median of the p50 latencies those runs report, per artifact. The control: the same
@@ -25,6 +25,9 @@ from typing import Any, Callable
 
 import numpy as np
 
+from bench.section import Check, checks_list
+from edgec.benchmarks.report import MISSING, md_table
+
 OVERHEAD_TARGET = 0.03
 SPREAD_TARGET = 0.05
 MODELS = ("digits", "mobilenetv2")
@@ -41,32 +44,21 @@ class HarnessFigures:
     runs: int = 0
     run_p50s_ms: list[float] = dataclasses.field(default_factory=list)
     bare_spread: float | None = None  # the same for a bare session.run loop in separate processes (the control)
-
-
-def _bare_p50(session: Any, feeds: dict[str, np.ndarray], warmup: int, iterations: int) -> float:
-    names = [o.name for o in session.get_outputs()]
-    for _ in range(warmup):
-        session.run(names, feeds)
-    clock = time.perf_counter_ns
-    times = []
-    for _ in range(iterations):
-        t0 = clock()
-        session.run(names, feeds)
-        times.append((clock() - t0) / 1e6)
-    return float(np.median(times))
+    blocks: int = 0  # blocks of calls timed a side
+    block_calls: int = 0  # calls in a block
 
 
 def measure_overhead(
     artifact: Any, feeds: dict[str, np.ndarray], rounds: int, budget_s: float = 20.0
-) -> tuple[float, float, float]:
-    """(bare p50, edgec p50, overhead) over up to ``rounds`` x 100 alternating blocks of about 2 ms (1 to 20
-    calls) a side, within ``budget_s`` seconds, one thread.
+) -> tuple[float, float, float, int, int]:
+    """(bare p50, edgec p50, overhead, blocks a side, calls a block) over up to ``rounds`` x 100 alternating
+    blocks of about 2 ms (1 to 20 calls) a side, within ``budget_s`` seconds, one thread.
 
     edgec's side is its timing path (the registry's runner for the artifact, timed by ``timed_loop`` around
     ``Runner.infer``, as ``edgec bench`` times it); the bare side is ``perf_counter_ns`` around ``session.run``.
-    The blocks alternate every 20 calls because this machine switches between a fast and a slow state every
-    second or so (27 vs 53 us per call on the digits CNN, in a bare loop alone): whole runs side by side would
-    compare the states, not the code.
+    The blocks alternate every few milliseconds because a shared machine can switch between a fast and a slow
+    state every second or so (the host this was written on did, 27 vs 53 us per call on the digits CNN in a
+    bare loop alone): whole runs side by side would compare the states, not the code.
     """
     from edgec.benchmarks.device import timed_loop
     from edgec.benchmarks.harness import _adapt_feeds, open_runner
@@ -97,7 +89,7 @@ def measure_overhead(
                 else:
                     edgec += timed_loop(runner.call, [adapted], warmup=0, iterations=size, duration=None)
     b, e = float(np.median(bare)), float(np.median(edgec))
-    return b, e, e / b - 1.0
+    return b, e, e / b - 1.0, blocks, size
 
 
 def measure_spread(build: Path, data: Path, runs: int) -> dict[str, list[float]]:
@@ -177,8 +169,10 @@ def run(quick: bool = False, work: Path | None = None, report: Callable[[str], N
             feeds = {"x": f["x"][:1]}
         for artifact in artifacts:
             report(f"[harness] {artifact.name} of {name}: overhead, alternating blocks of calls")
-            bare, harness, overhead = measure_overhead(artifact, feeds, rounds, budget_s=3.0 if quick else 20.0)
-            figures.append(HarnessFigures(f"{name} {artifact.name}", bare, harness, overhead, rounds))
+            bare, harness, overhead, blocks, size = measure_overhead(artifact, feeds, rounds,
+                                                                     budget_s=3.0 if quick else 20.0)
+            figures.append(HarnessFigures(f"{name} {artifact.name}", bare, harness, overhead, rounds,
+                                          blocks=blocks, block_calls=size))
         report(f"[harness] {name}: spread over {runs} separate edgec bench runs")
         for artifact_name, p50s in measure_spread(build, data, runs).items():
             fig = next(f for f in figures if f.artifact == f"{name} {artifact_name}")
@@ -191,32 +185,38 @@ def run(quick: bool = False, work: Path | None = None, report: Callable[[str], N
     return render(figures, quick)
 
 
+COLUMNS = ("model / artifact", "bare session.run p50 ms", "edgec p50 ms", "overhead",
+           "edgec bench p50 per run (ms)", "spread", "bare loop spread (control)")
+
+
+def _pct(value: float | None) -> str:
+    return MISSING if value is None else f"{value * 100:.1f}%"
+
+
 def render(figures: list[HarnessFigures], quick: bool) -> str:
     worst_overhead = max(abs(f.overhead) for f in figures)
     worst_spread = max(f.spread for f in figures if f.spread is not None)
+    body = [
+        [f.artifact, f"{f.bare_p50_ms:.4f}", f"{f.harness_p50_ms:.4f}", f"{f.overhead * 100:+.2f}%",
+         ", ".join(f"{v:.4f}" for v in f.run_p50s_ms), _pct(f.spread), _pct(f.bare_spread)]
+        for f in figures
+    ]
+    checks = [
+        Check(f"Overhead within {OVERHEAD_TARGET:.0%} of a bare loop", f"worst {worst_overhead * 100:.2f}%",
+              worst_overhead <= OVERHEAD_TARGET),
+        Check(f"Run-to-run spread of p50 under {SPREAD_TARGET:.0%}", f"worst {worst_spread * 100:.1f}%",
+              worst_spread < SPREAD_TARGET),
+    ]
+    blocks = "; ".join(f"{f.artifact} {f.blocks} blocks of {f.block_calls} call(s) a side" for f in figures)
     lines = [
         "## Harness overhead and run-to-run spread",
         "",
-        "| model / artifact | bare session.run p50 ms | edgec p50 ms | overhead | edgec bench p50 per run (ms) | spread "
-        "| bare loop spread (control) |",
-        "|---|---:|---:|---:|---|---:|---:|",
-    ]
-    for f in figures:
-        lines.append(
-            f"| {f.artifact} | {f.bare_p50_ms:.4f} | {f.harness_p50_ms:.4f} | {f.overhead * 100:+.2f}% | "
-            f"{', '.join(f'{v:.4f}' for v in f.run_p50s_ms)} | "
-            f"{'–' if f.spread is None else f'{f.spread * 100:.1f}%'} | "
-            f"{'–' if f.bare_spread is None else f'{f.bare_spread * 100:.1f}%'} |"
-        )
-    verdict = lambda ok: "PASS" if ok else "FAIL"  # noqa: E731
-    lines += [
+        md_table(COLUMNS, body, numeric_from=1, text_columns=(4,)),
         "",
-        f"- Overhead within {OVERHEAD_TARGET:.0%} of a bare loop: worst {worst_overhead * 100:.2f}% "
-        f"({verdict(worst_overhead <= OVERHEAD_TARGET)}).",
-        f"- Run-to-run spread of p50 under {SPREAD_TARGET:.0%}: worst {worst_spread * 100:.1f}% "
-        f"({verdict(worst_spread < SPREAD_TARGET)}).",
+        *checks_list(checks),
         "",
-        "How: " + " ".join(__doc__.split("\n\n", 1)[1].split()) + (" (--quick: too few rounds to quote)" if quick else ""),
+        "How: " + " ".join(__doc__.split("\n\n", 1)[1].split()) + f" This run: {blocks}."
+        + (" (--quick: too few rounds to quote)" if quick else ""),
         "",
     ]
     return "\n".join(lines)

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -31,6 +29,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from bench.machine import Cpu, cpu_seconds, int8_build, int8_kernels, others_busy, versions
+from bench.section import Budget, Check, checks_table, quiet
+from edgec.benchmarks.report import MISSING, md_table
 
 FACTORY = "bench.prune:resnet_digits"
 SIZE = 32
@@ -52,15 +54,19 @@ MAX_INT8_RATIO = 0.25  # pruned INT8 latency / original FP32 latency
 
 
 @dataclasses.dataclass(frozen=True)
-class Budget:
+class Effort:
+    """How long to train and to time."""
+
     teacher_epochs: int
     epochs: int  # distillation and fine-tuning, each
-    rounds: int
-    seconds: float  # per row and round
+    timing: Budget
 
 
-FULL = Budget(teacher_epochs=6, epochs=6, rounds=5, seconds=2.0)
-QUICK = Budget(teacher_epochs=3, epochs=2, rounds=3, seconds=0.7)
+# Every row pools its calls over the rounds (20 untimed first, at least 50 timed, no cap).
+FULL = Effort(teacher_epochs=6, epochs=6, timing=Budget(rounds=5, seconds=2.0, min_iterations=50,
+                                                        max_iterations=None, warmup=20))
+QUICK = Effort(teacher_epochs=3, epochs=2, timing=Budget(rounds=3, seconds=0.7, min_iterations=50,
+                                                         max_iterations=None, warmup=20))
 
 
 def resnet_digits() -> Any:
@@ -186,12 +192,6 @@ def finetune(student: Any, x: np.ndarray, y: np.ndarray, epochs: int, seed: int 
     return student.eval(), statistics.fmean(seconds), ran
 
 
-def _quiet():
-    from edgec.compiler.context import quiet_tools
-
-    return quiet_tools("")
-
-
 def _onnx_accuracy(path: Path, x: np.ndarray, y: np.ndarray) -> float:
     from edgec.compiler.onnxutil import ort_session
 
@@ -202,7 +202,8 @@ def _onnx_accuracy(path: Path, x: np.ndarray, y: np.ndarray) -> float:
 
 
 def _latencies(paths: dict[str, Path], feeds: list[np.ndarray], budget: Budget) -> dict[str, float]:
-    """p50 latency (ms) of each ONNX file, one thread, timed round-robin in ``budget.rounds`` rounds."""
+    """p50 latency (ms) of each ONNX file, one thread, timed round-robin in ``budget.rounds`` rounds (every
+    call of a row pooled over the rounds)."""
     from edgec.benchmarks.harness import load_build, open_runner
     from edgec.benchmarks.latency import measure_latency
 
@@ -216,8 +217,9 @@ def _latencies(paths: dict[str, Path], feeds: list[np.ndarray], budget: Budget) 
         for _ in range(budget.rounds):
             for name, runner in runners.items():
                 in_name = runner.session.get_inputs()[0].name
-                stats = measure_latency(runner, [{in_name: f} for f in feeds], warmup=20, duration=budget.seconds,
-                                        min_iterations=50)
+                stats = measure_latency(runner, [{in_name: f} for f in feeds], warmup=budget.warmup,
+                                        iterations=budget.max_iterations, duration=budget.seconds,
+                                        min_iterations=budget.min_iterations)
                 pooled[name].extend(stats.latencies_ms)
     finally:
         for runner in runners.values():
@@ -261,7 +263,8 @@ def run(quick: bool = False, work: Path | None = None, report: Any = None) -> st
 
     import onnx
 
-    budget = QUICK if quick else FULL
+    effort = QUICK if quick else FULL
+    budget = effort.timing
     say = report or (lambda message: print(message, file=sys.stderr, flush=True))
     threads = torch.get_num_threads()
     # One thread: small-batch training is not faster on two, and on a busy machine OpenMP threads spin.
@@ -271,13 +274,14 @@ def run(quick: bool = False, work: Path | None = None, report: Any = None) -> st
     folder.mkdir(parents=True, exist_ok=True)
     cache = folder / "cache"
     try:
-        started = time.perf_counter()
+        started, load_start = time.perf_counter(), cpu_seconds()
+        cpu = Cpu.read()
         data = digits32()
-        say(f"[bench-prune] training the teacher ({budget.teacher_epochs} epochs)")
+        say(f"[bench-prune] training the teacher ({effort.teacher_epochs} epochs)")
         t0 = time.perf_counter()
         teacher = _train(resnet_digits(), torch.from_numpy(data["x_train"]), torch.from_numpy(data["y_train"]),
-                         budget.teacher_epochs, 2e-3, SEED)
-        teacher_seconds = (time.perf_counter() - t0) / budget.teacher_epochs
+                         effort.teacher_epochs, 2e-3, SEED)
+        teacher_seconds = (time.perf_counter() - t0) / effort.teacher_epochs
         ckpt = folder / "resnet_digits.pt"
         torch.save(teacher.state_dict(), ckpt)
         np.savez(folder / "train.npz", input=data["x_train"])
@@ -291,25 +295,25 @@ def run(quick: bool = False, work: Path | None = None, report: Any = None) -> st
 
         def built(name: str, **kw: Any) -> dict[str, Any]:
             say(f"[bench-prune] edgec build: {name}")
-            with _quiet():
+            with quiet():
                 result = build(Recipe(**common, out=str(folder / name), **kw), cache_dir=cache)
             return result.manifest
 
         int8 = dict(precision=["fp32", "int8"], calib=str(folder / "calib.npz"))
-        built("original", **int8)
+        m_orig = built("original", **int8)
         m_dist = built("distilled", **int8, **prune, **train, prune_round_to=ROUND_TO, distill=True,
-                       epochs=budget.epochs)
+                       epochs=effort.epochs)
         built("pruned", **prune, **train, prune_round_to=ROUND_TO)
         # Only its latency matters, so the cheap criterion: Taylor would cost a gradient pass per step.
         m_odd = built("pruned-unrounded", prune_macs=MACS_TO_REMOVE, prune_criterion="l1", prune_global=GLOBAL)
 
-        say(f"[bench-prune] peer baseline: fine-tuning with labels, {budget.epochs} epochs")
+        say(f"[bench-prune] peer baseline: fine-tuning with labels, {effort.epochs} epochs")
         loaded = load_checkpoint(ckpt, (TensorSpec.parse(common["inputs"][0]),), FACTORY)
         student = rebuild_pruned(loaded.module, _cached_pruned(cache, m_dist["prune"]))
-        student, ft_seconds, ft_epochs = finetune(student, data["x_train"], data["y_train"], budget.epochs)
+        student, ft_seconds, ft_epochs = finetune(student, data["x_train"], data["y_train"], effort.epochs)
         ctx = BuildContext(work_dir=folder, cache=BuildCache(enabled=False))
         (folder / "baseline-onnx").mkdir(exist_ok=True)
-        with _quiet():
+        with quiet():
             ft_onnx = ExportStage().run(
                 {"model": LoadedModel("torch", loaded.spec, ckpt, "fine-tuned", module=student)},
                 folder / "baseline-onnx", ctx,
@@ -347,61 +351,70 @@ def run(quick: bool = False, work: Path | None = None, report: Any = None) -> st
         odd_ratio = lat["pruned, channels as found (no rounding; L1, not fine-tuned), FP32"] / base
         drop = acc["original FP32"] - acc["pruned + distilled FP32"]
         checks = [
-            (f"MACs removed >= {MACS_TO_REMOVE:.0%}", f"{prune_fig['macs_removed']:.1%}",
-             prune_fig["macs_removed"] >= MACS_TO_REMOVE),
-            (f"top-1 after distillation within {MAX_ACCURACY_DROP:g} point of the original",
-             f"{acc['pruned + distilled FP32']:.2f}% vs {acc['original FP32']:.2f}% ({-drop:+.2f})",
-             drop <= MAX_ACCURACY_DROP),
-            (f"pruned FP32 latency <= {MAX_FP32_RATIO}x original FP32", f"{fp32_ratio:.2f}x", fp32_ratio <= MAX_FP32_RATIO),
-            (f"pruned + INT8 latency <= {MAX_INT8_RATIO}x original FP32", f"{int8_ratio:.2f}x", int8_ratio <= MAX_INT8_RATIO),
-            (f"distillation recovers at least as well as fine-tuning with labels ({budget.epochs} epochs each)",
-             f"{acc['pruned + distilled FP32']:.2f}% vs {acc['pruned + fine-tuned with labels (peer baseline) FP32']:.2f}%",
-             acc["pruned + distilled FP32"] >= acc["pruned + fine-tuned with labels (peer baseline) FP32"]),
+            Check(f"MACs removed >= {MACS_TO_REMOVE:.0%}", f"{prune_fig['macs_removed']:.1%}",
+                  prune_fig["macs_removed"] >= MACS_TO_REMOVE),
+            Check(f"top-1 after distillation within {MAX_ACCURACY_DROP:g} point of the original",
+                  f"{acc['pruned + distilled FP32']:.2f}% vs {acc['original FP32']:.2f}% ({-drop:+.2f})",
+                  drop <= MAX_ACCURACY_DROP),
+            Check(f"pruned FP32 latency <= {MAX_FP32_RATIO}x original FP32", f"{fp32_ratio:.2f}x",
+                  fp32_ratio <= MAX_FP32_RATIO),
+            Check(f"pruned + INT8 latency <= {MAX_INT8_RATIO}x original FP32", f"{int8_ratio:.2f}x",
+                  int8_ratio <= MAX_INT8_RATIO),
+            Check(f"distillation recovers at least as well as fine-tuning with labels ({effort.epochs} epochs each)",
+                  f"{acc['pruned + distilled FP32']:.2f}% vs "
+                  f"{acc['pruned + fine-tuned with labels (peer baseline) FP32']:.2f}%",
+                  acc["pruned + distilled FP32"] >= acc["pruned + fine-tuned with labels (peer baseline) FP32"]),
         ]
         total = time.perf_counter() - started
-        return _markdown(quick, budget, rows, acc, lat, figures, base, checks, distill, prune_fig, odd_fig,
-                         odd_ratio, teacher_seconds, ft_seconds, ft_epochs, total)
+        machine = (f"{cpu.arch}, {cpu.cores} cores ({int8_kernels(cpu, int8_build(m_orig))}); other processes: "
+                   f"{others_busy(load_start, cpu_seconds(), total, cpu.cores)}")
+        return _markdown(quick, effort, rows, acc, lat, figures, base, checks, distill, prune_fig, odd_fig,
+                         odd_ratio, teacher_seconds, ft_seconds, ft_epochs, total, machine)
     finally:
         torch.set_num_threads(threads)
         if tmp is not None:
             tmp.cleanup()
 
 
-def _markdown(quick, budget, rows, acc, lat, figures, base, checks, distill, prune_fig, odd_fig, odd_ratio,
-              teacher_seconds, ft_seconds, ft_epochs, total) -> str:
-    from edgec.compiler.versions import tool_versions
+COLUMNS = ("model", "params", "MACs", "top-1 %", "p50 ms", "latency vs original FP32")
 
-    v = tool_versions(("torch", "torch-pruning", "onnxruntime", "edgec"))
+
+def _rows(rows: dict[str, Path], figures: dict[str, tuple[int, int]], acc: dict[str, float],
+          lat: dict[str, float], base: float) -> list[list[str]]:
+    body = []
+    for name in rows:
+        params, macs = figures[name]
+        ms = lat.get(name)
+        timed = [f"{ms:.3f}", f"{ms / base:.2f}x"] if ms is not None else [MISSING, MISSING]
+        body.append([name, f"{params:,}", f"{macs / 1e6:.2f} M", f"{acc[name]:.2f}", *timed])
+    return body
+
+
+def _markdown(quick, effort, rows, acc, lat, figures, base, checks, distill, prune_fig, odd_fig, odd_ratio,
+              teacher_seconds, ft_seconds, ft_epochs, total, machine) -> str:
+    """The section; ``machine``: the CPU, cores, INT8 kernels (from the original build's manifest) and load,
+    as this run read them."""
+    budget = effort.timing
+    v = versions(("torch", "torch-pruning", "onnxruntime", "edgec"))
     lines = [
         "## Structured pruning and distillation",
         "",
         f"ResNet-shaped CNN (3 stages x 2 basic blocks, {'/'.join(map(str, WIDTHS))} channels, BatchNorm, residual "
-        f"sums, linear head) trained {budget.teacher_epochs} epochs on scikit-learn's digits upsampled to "
+        f"sums, linear head) trained {effort.teacher_epochs} epochs on scikit-learn's digits upsampled to "
         f"{SIZE}x{SIZE} (1437 training / 360 held-out images). `edgec build --prune-macs {MACS_TO_REMOVE} "
         f"--prune-criterion {CRITERION} {'--prune-global ' if GLOBAL else ''}--prune-round-to {ROUND_TO} --distill "
         "--train-data ... --train-labels ... "
-        f"--epochs {budget.epochs}` (KL at T=4 + hard labels at 0.5, Adam 1e-3 cosine, early stopping on held-out "
+        f"--epochs {effort.epochs}` (KL at T=4 + hard labels at 0.5, Adam 1e-3 cosine, early stopping on held-out "
         "agreement with the teacher). Peer baseline: the same pruned model fine-tuned with labels only, same "
         "epochs, optimizer, schedule, split and early stopping (on label accuracy).",
         "",
         f"Accuracy: top-1 of the ONNX files under ONNX Runtime on the 360 held-out digits. Latency: ONNX Runtime "
         f"{v.get('onnxruntime')}, CPUExecutionProvider, 1 thread, batch 1, p50 of {budget.rounds} round-robin "
-        f"rounds of {budget.seconds:g}s per row. Machine: {platform.machine()}, {os.cpu_count()} cores "
-        "(AVX2 without VNNI: INT8 is U8S8 with reduce_range), shared with other jobs. torch "
+        f"rounds of {budget.seconds:g}s per row. Machine: {machine}. torch "
         f"{v.get('torch')}, torch-pruning {v.get('torch-pruning')}; training on 1 torch thread."
         + (" Quick mode: shorter training and timing." if quick else ""),
         "",
-        "| model | params | MACs | top-1 % | p50 ms | latency vs original FP32 |",
-        "|---|---:|---:|---:|---:|---:|",
-    ]
-    for name in rows:
-        params, macs = figures[name]
-        ms = lat.get(name)
-        lines.append(
-            f"| {name} | {params:,} | {macs / 1e6:.2f} M | {acc[name]:.2f} | "
-            + (f"{ms:.3f} | {ms / base:.2f}x |" if ms is not None else "– | – |")
-        )
-    lines += [
+        md_table(COLUMNS, _rows(rows, figures, acc, lat, base), numeric_from=1),
         "",
         f"Pruning: MACs {prune_fig['macs_before']:,} -> {prune_fig['macs_after']:,} "
         f"({prune_fig['macs_removed']:.1%} fewer), params {prune_fig['params_before']:,} -> "
@@ -426,9 +439,7 @@ def _markdown(quick, budget, rows, acc, lat, figures, base, checks, distill, pru
         )
     else:
         lines.append(f"Pruned without rounding: {odd_ratio:.2f}x the original latency for {mac_ratio:.2f}x the MACs.")
-    lines += ["", "| target | measured | result |", "|---|---|---|"]
-    for what, measured, ok in checks:
-        lines.append(f"| {what} | {measured} | {'PASS' if ok else 'FAIL'} |")
+    lines += ["", checks_table(checks)]
     lines += ["", f"Whole section: {total:.0f} s (`python -m bench.prune{' --quick' if quick else ''}`).", ""]
     return "\n".join(lines)
 

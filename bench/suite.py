@@ -25,17 +25,18 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from importlib import metadata
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from edgec.compiler.context import quiet_tools
+from bench.machine import Cpu, cpu_seconds, int8_build, others_busy, read_cpuinfo, versions
 from bench.models import NAMES, BenchModel, load_model
+from bench.section import Budget, Check, checks_table, checks_text, one_line, quiet, rotated
+from edgec.benchmarks.report import MISSING, aligned_lines, md_table, num_cell
+from edgec.compiler.modelio import one_torch_thread
 
-MISSING = "–"
 VERSIONED = (
     "edgec",
     "torch",
@@ -47,7 +48,6 @@ VERSIONED = (
     "numpy",
     "scikit-learn",
 )
-CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni")
 BUILD_TIME_MODEL = "resnet18"
 
 # The targets of the performance issue: INT8 latency / ORT FP32 latency, per model.
@@ -59,11 +59,11 @@ MAX_BUILD_RATIO = 1.3
 HOW_MEASURED = (
     "Batch 1, one intra-op thread everywhere: ONNX Runtime's CPUExecutionProvider at ORT_ENABLE_ALL "
     "(inter-op 1), torch eager with `torch.set_num_threads(1)` under `no_grad`. All rows of a model are "
-    "timed side by side: {s.rounds} round-robin rounds, each timing every row for about {s.budget_s:g} s "
-    "({s.min_iterations}–{s.max_iterations} calls, one untimed call first; the order rotates each round) "
+    "timed side by side: {t.rounds} round-robin rounds, each timing every row for about {t.seconds:g} s "
+    "({t.min_iterations}–{t.max_iterations} calls, one untimed call first; the order rotates each round) "
     "on one fixed calibration sample. p50 ms is the median of the per-round p50s, p50 range their lowest "
     "and highest; the ratio is the median over rounds of the row's p50 divided by ORT FP32's p50 in the "
-    "same round, so slow spells of this shared machine hit both sides. int8 kernels fused: int8 kernels "
+    "same round, so slow spells of the machine hit both sides. int8 kernels fused: int8 kernels "
     "against float Conv/MatMul/Gemm left in ONNX Runtime's optimized graph (`fusion_report`). Peers run "
     "with their defaults: `quantize_static` (QDQ, S8S8, per-tensor, MinMax) and `nncf.quantize` (ONNX "
     "backend, mixed preset, fast bias correction), on the FP32 ONNX file edgec exported. Accuracy (digits"
@@ -74,22 +74,18 @@ HOW_MEASURED = (
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-    """How long to measure: ``rounds`` round-robin passes, each timing every row for ``budget_s`` seconds."""
+    """How long to measure: the rows' timing budget, and the rounds of the build-time comparison."""
 
-    rounds: int
-    budget_s: float
-    min_iterations: int
-    max_iterations: int
-    warmup: int
+    timing: Budget
     build_rounds: int
 
     @classmethod
     def full(cls) -> Settings:
-        return cls(rounds=15, budget_s=1.0, min_iterations=10, max_iterations=2000, warmup=3, build_rounds=4)
+        return cls(Budget(rounds=15, seconds=1.0, min_iterations=10, max_iterations=2000, warmup=3), build_rounds=4)
 
     @classmethod
     def quick(cls) -> Settings:
-        return cls(rounds=3, budget_s=0.05, min_iterations=3, max_iterations=200, warmup=2, build_rounds=1)
+        return cls(Budget(rounds=3, seconds=0.05, min_iterations=3, max_iterations=200, warmup=2), build_rounds=1)
 
 
 @dataclasses.dataclass
@@ -141,6 +137,7 @@ class BuildTiming:
     cli_s: float | None
     cli_note: str
     torch_threads: int
+    raw_settings: str = ""  # the quantizer settings of the raw steps, as edgec's INT8 build recorded them
 
     @property
     def edgec(self) -> float:
@@ -159,96 +156,42 @@ class BuildTiming:
         return {n: statistics.median(d.get(n, 0.0) for d in self.edgec_stages) for n in names}
 
 
-@dataclasses.dataclass
-class Check:
-    target: str
-    measured: str
-    passed: bool | None  # None: not measured in this run
-
-
 def say(msg: str) -> None:
     print(f"[bench] {msg}", file=sys.stderr, flush=True)
-
-
-def _one_line(exc: BaseException, limit: int = 240) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return f"{type(exc).__name__}: {text}"[:limit]
-
-
-def _quiet():
-    return quiet_tools("", "nncf")
-
-
-@contextlib.contextmanager
-def _torch_threads(n: int) -> Iterator[None]:
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 # ---------------------------------------------------------------------------------------------- the machine
 
 
-def machine_info() -> dict[str, Any]:
-    from edgec.benchmarks.results import cpu_model
-    from edgec.targets.onnxruntime.target import resolve_reduce_range
-
-    flags: set[str] = set()
-    with contextlib.suppress(OSError):
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    break
-    reduce_range, why = resolve_reduce_range("auto")
-    versions = {}
-    for pkg in VERSIONED:
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            versions[pkg] = metadata.version(pkg)
+def machine_info(reader: Callable[[], str] = read_cpuinfo) -> dict[str, Any]:
+    """The machine as the run starts: its CPU (from ``reader``, /proc/cpuinfo), OS, versions, CPU load."""
     return {
-        "cpu": cpu_model(),
-        "cores": os.cpu_count(),
-        "flags": {f: f in flags for f in CPU_FLAGS},
+        "cpu": Cpu.read(reader),
         "platform": platform.platform(),
         "python": platform.python_version(),
-        "versions": versions,
-        "reduce_range": reduce_range,
-        "reduce_range_reason": why,
-        "cpu_start": _cpu_seconds(),
+        "versions": versions(VERSIONED),
+        "cpu_start": cpu_seconds(),
     }
-
-
-def _cpu_seconds() -> tuple[float, float] | None:
-    """Busy CPU seconds of the machine (/proc/stat) and of this process and its children; None off Linux."""
-    import resource
-
-    try:
-        with open("/proc/stat") as f:
-            fields = [int(v) for v in f.readline().split()[1:]]
-    except (OSError, ValueError):
-        return None
-    # user nice system idle iowait irq softirq steal: busy = all but idle and iowait
-    busy = (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
-    own = sum(
-        getattr(resource.getrusage(who), f)
-        for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
-        for f in ("ru_utime", "ru_stime")
-    )
-    return busy, own
 
 
 def _others(machine: dict[str, Any]) -> str:
     """How many cores other processes kept busy on average while the suite ran: the noise in the figures."""
-    start, end, wall = machine.get("cpu_start"), machine.get("cpu_end"), machine.get("wall_s")
-    if not (start and end and wall):
-        return "not measured"
-    others = max(0.0, (end[0] - start[0]) - (end[1] - start[1])) / wall
-    return f"{others:.2f} of {machine['cores']} cores busy on average (from /proc/stat, less this process)"
+    return others_busy(machine.get("cpu_start"), machine.get("cpu_end"), machine.get("wall_s"), machine["cpu"].cores)
+
+
+def int8_recorded(results: dict[str, ModelResult]) -> str:
+    """How the run's edgec cpu INT8 builds quantized, as their manifests record it (per model when they differ)."""
+    seen: dict[str, list[str]] = {}
+    for name, res in results.items():
+        meta = int8_build(res.build_info["manifest"])
+        if meta is not None:
+            why = meta.get("reduce_range_reason", "no reason recorded")
+            seen.setdefault(f"{meta['flavour']}, reduce_range={meta['reduce_range']} ({why})", []).append(name)
+    if not seen:
+        return "no INT8 artifact was built in this run"
+    if len(seen) == 1:
+        return next(iter(seen))
+    return "; ".join(f"{what} for {', '.join(names)}" for what, names in seen.items())
 
 
 # --------------------------------------------------------------------------------------------- making rows
@@ -293,17 +236,17 @@ def _onnx_row(key: str, label: str, make: Callable[[], Path]) -> Row:
 
     row = Row(key, label)
     try:
-        with _quiet():
+        with quiet():
             row.path = make()
     except Exception as exc:  # a peer's failure is a result to report, not a reason to stop the suite
-        row.error = f"quantization failed: {_one_line(exc)}"
+        row.error = f"quantization failed: {one_line(exc)}"
         return row
     try:
         row.infer = _ort_infer(row.path)
         row.fusion = fusion_report(row.path)
     except Exception as exc:
         row.infer = None
-        row.error = f"ONNX Runtime (ORT_ENABLE_ALL) cannot run it: {_one_line(exc)}"
+        row.error = f"ONNX Runtime (ORT_ENABLE_ALL) cannot run it: {one_line(exc)}"
     return row
 
 
@@ -334,7 +277,7 @@ def build_with_edgec(bm: BenchModel, work: Path) -> tuple[Path, Path | None, str
         result = run(["fp32", "int8"], work / "edgec")
     except EdgecError as exc:
         # The INT8 row reports the failure; the FP32 row (the baseline of every ratio) is built alone.
-        error = f"edgec build failed: {_one_line(exc)}"
+        error = f"edgec build failed: {one_line(exc)}"
         say(f"{bm.name}: {error}; building fp32 only")
         result = run(["fp32"], work / "edgec")
         fp32 = next(a.path for a in result.artifacts if a.precision.value == "fp32")
@@ -369,7 +312,7 @@ def prepare_rows(bm: BenchModel, work: Path) -> ModelResult:
 
     work.mkdir(parents=True, exist_ok=True)
     example = torch.from_numpy(bm.calib[:1])
-    with _quiet():
+    with quiet():
         torch.export.save(torch.export.export(bm.module, (example,)), str(work / "model.pt2"))
     np.savez(work / "calib.npz", input=bm.calib)
     samples = bm.calib_feeds()
@@ -424,20 +367,20 @@ def measure_latency(result: ModelResult, settings: Settings) -> None:
     """Round-robin: every round times every row (in a rotated order); p50 per round, median over rounds."""
     rows = [r for r in result.rows if r.ok]
     x = np.ascontiguousarray(result.model.calib[:1])
+    budget = settings.timing
     iterations = {}
     for r in rows:
-        for _ in range(settings.warmup):
+        for _ in range(budget.warmup):
             r.infer(x)
         guess = _p50_of_calls(r.infer, x, 3)
         iterations[r.key] = int(
             min(
-                settings.max_iterations,
-                max(settings.min_iterations, settings.budget_s * 1000 / max(guess, 1e-3)),
+                budget.max_iterations,
+                max(budget.min_iterations, budget.seconds * 1000 / max(guess, 1e-3)),
             )
         )
-    for i in range(settings.rounds):
-        shift = i % len(rows)
-        for r in rows[shift:] + rows[:shift]:
+    for i in range(budget.rounds):
+        for r in rotated(rows, i):
             r.infer(x)  # one untimed call: the previous row's run has just evicted this one's caches
             r.round_p50_ms.append(_p50_of_calls(r.infer, x, iterations[r.key]))
     base = result.row("ort_fp32")
@@ -470,11 +413,11 @@ def measure_accuracy(result: ModelResult) -> None:
 def run_model(name: str, work: Path, settings: Settings) -> ModelResult:
     t0 = time.perf_counter()
     say(f"{name}: preparing the model")
-    with _torch_threads(1):  # training and BatchNorm settling: one thread is several times faster here
+    with one_torch_thread():  # training and BatchNorm settling: one thread is several times faster here
         bm = load_model(name)
     result = prepare_rows(bm, work / name)
-    say(f"{name}: timing {sum(r.ok for r in result.rows)} rows, {settings.rounds} rounds")
-    with _torch_threads(1):
+    say(f"{name}: timing {sum(r.ok for r in result.rows)} rows, {settings.timing.rounds} rounds")
+    with one_torch_thread():
         measure_latency(result, settings)
         measure_accuracy(result)
     result.build_info["model_s"] = time.perf_counter() - t0
@@ -484,32 +427,44 @@ def run_model(name: str, work: Path, settings: Settings) -> ModelResult:
 # ------------------------------------------------------------------------------------------- build time
 
 
-def raw_steps(bm: BenchModel, work: Path, reduce_range: bool) -> tuple[float, float]:
-    """What edgec build wraps, called directly: the dynamo export, then quantize_static with calibration.
+def raw_settings(int8: dict[str, Any]) -> dict[str, Any]:
+    """``quantize_static``'s settings for what edgec's INT8 build recorded in its manifest (flavour, weights per
+    channel or not, reduce_range), so the two routes do the same work."""
+    from onnxruntime.quantization import QuantFormat, QuantType
 
-    The quantizer gets edgec's cpu settings (U8S8 QDQ, per-channel, the same reduce_range), so the two
-    routes do the same work.
-    """
+    return {
+        "quant_format": QuantFormat.QDQ,
+        "activation_type": QuantType.QUInt8 if int8["flavour"] == "U8S8" else QuantType.QInt8,
+        "weight_type": QuantType.QInt8,
+        "per_channel": bool(int8["per_channel"]),
+        "reduce_range": bool(int8["reduce_range"]),
+    }
+
+
+def describe_raw_settings(int8: dict[str, Any]) -> str:
+    channels = "per-channel" if int8["per_channel"] else "per-tensor"
+    return f"{int8['flavour']} QDQ, {channels}, reduce_range={bool(int8['reduce_range'])}"
+
+
+def raw_steps(bm: BenchModel, work: Path, recorded: dict[str, Any]) -> tuple[float, float]:
+    """What edgec build wraps, called directly: the dynamo export, then quantize_static with calibration,
+    with the settings edgec's INT8 build recorded (``recorded``: its artifact's metadata)."""
     import torch
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import quantize_static
 
     fp32, int8 = work / "raw.fp32.onnx", work / "raw.int8.onnx"
     t0 = time.perf_counter()
-    with _quiet():
+    with quiet():
         torch.onnx.export(
             bm.module, (torch.from_numpy(bm.calib[:1]),), str(fp32), dynamo=True, opset_version=18
         )
     t1 = time.perf_counter()
-    with _quiet():
+    with quiet():
         quantize_static(
             str(fp32),
             str(int8),
             _Reader(_input_name(fp32), bm.calib_feeds()),
-            quant_format=QuantFormat.QDQ,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            per_channel=True,
-            reduce_range=reduce_range,
+            **raw_settings(recorded),
         )
     t2 = time.perf_counter()
     return t1 - t0, t2 - t1
@@ -573,8 +528,9 @@ def edgec_build_cli(work: Path, out: Path) -> tuple[float | None, str]:
     return wall, "a fresh process: includes Python start-up and imports"
 
 
-def measure_build_time(bm: BenchModel, work: Path, settings: Settings, reduce_range: bool) -> BuildTiming:
-    """edgec build (in-process, cache off) against its raw steps, alternated over ``build_rounds`` rounds.
+def measure_build_time(bm: BenchModel, work: Path, settings: Settings, int8: dict[str, Any]) -> BuildTiming:
+    """edgec build (in-process, cache off) against its raw steps, alternated over ``build_rounds`` rounds; the
+    raw quantizer gets the settings of ``int8``, the INT8 artifact edgec built for ``bm`` (its metadata).
 
     The measured build keeps torch at the thread count the process started with, as `edgec build` does. A
     second build per round runs with torch at one thread, to show how much of the gap is torch's threading.
@@ -582,16 +538,16 @@ def measure_build_time(bm: BenchModel, work: Path, settings: Settings, reduce_ra
     import torch
 
     threads = torch.get_num_threads()
-    t = BuildTiming([], [], [], [], [], None, "", threads)
+    t = BuildTiming([], [], [], [], [], None, "", threads, describe_raw_settings(int8))
     for i in range(settings.build_rounds):
         say(f"build time: round {i + 1}/{settings.build_rounds}")
-        export_s, quantize_s = raw_steps(bm, work, reduce_range)
+        export_s, quantize_s = raw_steps(bm, work, int8)
         t.raw_export_s.append(export_s)
         t.raw_quantize_s.append(quantize_s)
         wall, stages = edgec_build_int8(work, work / "timed-build")
         t.edgec_s.append(wall)
         t.edgec_stages.append(stages)
-        with _torch_threads(1):
+        with one_torch_thread():
             t.edgec_1t_s.append(edgec_build_int8(work, work / "timed-build")[0])
     say("build time: the edgec console script")
     t.cli_s, t.cli_note = edgec_build_cli(work, work / "cli-build")
@@ -599,10 +555,6 @@ def measure_build_time(bm: BenchModel, work: Path, settings: Settings, reduce_ra
 
 
 # ------------------------------------------------------------------------------------------------ targets
-
-
-def _fmt(v: float | None, spec: str) -> str:
-    return MISSING if v is None else format(v, spec)
 
 
 def check_targets(results: dict[str, ModelResult], build: BuildTiming | None) -> list[Check]:
@@ -617,7 +569,7 @@ def check_targets(results: dict[str, ModelResult], build: BuildTiming | None) ->
         checks.append(
             Check(
                 target,
-                f"{_fmt(row.ratio, '.3f')}x" if row.ok else row.error or "failed",
+                f"{num_cell(row.ratio, '.3f')}x" if row.ok else row.error or "failed",
                 row.ratio is not None and row.ratio <= limit,
             )
         )
@@ -652,14 +604,14 @@ def check_targets(results: dict[str, ModelResult], build: BuildTiming | None) ->
         checks.append(
             Check(
                 f"digits: edgec INT8 top-1 agreement >= {MIN_AGREEMENT}%",
-                _fmt(row.agreement, ".2f") + "%",
+                num_cell(row.agreement, ".2f") + "%",
                 row.agreement is not None and row.agreement >= MIN_AGREEMENT,
             )
         )
         checks.append(
             Check(
                 f"digits: edgec INT8 accuracy drop <= {MAX_DROP} pts",
-                _fmt(row.drop, "+.2f") + " pts",
+                num_cell(row.drop, "+.2f") + " pts",
                 row.drop is not None and row.drop <= MAX_DROP,
             )
         )
@@ -691,35 +643,23 @@ def table_rows(result: ModelResult) -> tuple[list[str], list[list[str]]]:
             cells = [r.label, f"failed: {r.error}"] + [MISSING] * (len(header) - 2)
         else:
             spread = f"{min(r.round_p50_ms):.3f}–{max(r.round_p50_ms):.3f}"
-            cells = [r.label, _fmt(r.p50_ms, ".3f"), spread, _fmt(r.ratio, ".3f"), r.fused_cell()]
+            cells = [r.label, num_cell(r.p50_ms, ".3f"), spread, num_cell(r.ratio, ".3f"), r.fused_cell()]
             if result.model.has_accuracy:
-                cells += [_fmt(r.agreement, ".2f"), _fmt(r.accuracy, ".2f"), _fmt(r.drop, "+.2f")]
+                cells += [num_cell(r.agreement, ".2f"), num_cell(r.accuracy, ".2f"), num_cell(r.drop, "+.2f")]
         body.append(cells)
     return header, body
 
 
-def _md_table(header: list[str], body: list[list[str]], numeric: bool = True) -> str:
-    def esc(cell: str) -> str:
-        return cell.replace("|", "\\|")
-
-    rule = ["---"] + ["---:" if numeric else "---"] * (len(header) - 1)
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(rule) + "|"]
-    lines += ["| " + " | ".join(esc(c) for c in cells) + " |" for cells in body]
-    return "\n".join(lines)
+def model_table(result: ModelResult, text: bool = False) -> str:
+    """A model's rows as Markdown, or as aligned text for the terminal (a failure runs past its column)."""
+    header, body = table_rows(result)
+    if text:
+        return "\n".join(aligned_lines(header, body, numeric_from=1, spills=_failed))
+    return md_table(header, body, numeric_from=1)
 
 
-def _text_table(header: list[str], body: list[list[str]], numeric: bool = True) -> str:
-    # A failure message is long: it runs past its column rather than widening the whole table.
-    table = [header, *(r for r in body if not r[1].startswith("failed"))]
-    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-
-    def line(cells: list[str]) -> str:
-        return "  ".join(
-            c.rjust(w) if i and numeric and not c.startswith("failed") else c.ljust(w)
-            for i, (c, w) in enumerate(zip(cells, widths))
-        ).rstrip()
-
-    return "\n".join([line(header), "  ".join("-" * w for w in widths), *(line(r) for r in body)])
+def _failed(cell: str) -> bool:
+    return cell.startswith("failed")
 
 
 def build_table(build: BuildTiming) -> tuple[list[str], list[list[str]]]:
@@ -748,8 +688,21 @@ def build_table(build: BuildTiming) -> tuple[list[str], list[list[str]]]:
     return header, body
 
 
-def _verdict(c: Check) -> str:
-    return "not measured" if c.passed is None else ("PASS" if c.passed else "FAIL")
+def machine_lines(machine: dict[str, Any], results: dict[str, ModelResult]) -> list[str]:
+    """The Machine section: the CPU as read at the start of the run, how the run's INT8 builds quantized (their
+    manifests), the OS, the load from other processes, the versions."""
+    cpu: Cpu = machine["cpu"]
+    flags = ", ".join(
+        f"{f} {'unknown' if v is None else 'yes' if v else 'no'}" for f, v in cpu.flag_table().items()
+    )
+    versions = ", ".join(f"{k} {v}" for k, v in machine["versions"].items())
+    return [
+        f"- CPU: {cpu.model}, {cpu.cores} logical cores; flags: {flags}",
+        f"- edgec's cpu target on this host, as the run's INT8 builds recorded it: {int8_recorded(results)}",
+        f"- OS: {machine['platform']}; Python {machine['python']}",
+        f"- Other processes during the run: {_others(machine)}",
+        f"- Versions: {versions}",
+    ]
 
 
 def stage_seconds(manifest: dict[str, Any]) -> str:
@@ -768,8 +721,6 @@ def render_markdown(
     started: datetime.datetime,
     runtime_s: float,
 ) -> str:
-    flags = ", ".join(f"{f} {'yes' if v else 'no'}" for f, v in machine["flags"].items())
-    versions = ", ".join(f"{k} {v}" for k, v in machine["versions"].items())
     out = [
         "# edgec benchmarks",
         "",
@@ -778,25 +729,15 @@ def render_markdown(
         "",
         "## Machine",
         "",
-        f"- CPU: {machine['cpu']}, {machine['cores']} logical cores; flags: {flags}",
-        f"- edgec's cpu target on this host: reduce_range={machine['reduce_range']} "
-        f"({machine['reduce_range_reason']})",
-        f"- OS: {machine['platform']}; Python {machine['python']}",
-        f"- Other processes during the run: {_others(machine)}",
-        f"- Versions: {versions}",
+        *machine_lines(machine, results),
         "",
         "## Targets",
         "",
-        _md_table(
-            ["target", "measured", "result"],
-            [[c.target, c.measured, _verdict(c)] for c in checks],
-            numeric=False,
-        ),
+        checks_table(checks),
         "",
     ]
     for res in results.values():
         bm = res.model
-        header, body = table_rows(res)
         out += [
             f"## {bm.title}",
             "",
@@ -804,21 +745,20 @@ def render_markdown(
             f"edgec build (fp32 + int8, no cache) took {res.build_info['build_s']:.1f} s "
             f"(stages: {stage_seconds(res.build_info['manifest'])}).",
             "",
-            _md_table(header, body),
+            model_table(res),
             "",
         ]
     if build is not None:
-        header, body = build_table(build)
         out += [
             f"## Build time ({results[BUILD_TIME_MODEL].model.title}, int8 only)",
             "",
             f"{len(build.edgec_s)} alternating round(s) in one process, after the model sections "
             f"(imports warm). The measured build keeps torch at {build.torch_threads} thread(s), as the "
             "process started; the diagnostic row repeats it with `torch.set_num_threads(1)`. The raw "
-            "quantizer gets edgec's cpu settings (U8S8 QDQ, per-channel, same reduce_range). "
+            f"quantizer gets the settings edgec's INT8 build recorded ({build.raw_settings}). "
             "The console script row: " + build.cli_note + ".",
             "",
-            _md_table(header, body),
+            md_table(*build_table(build), numeric_from=1),
             "",
             "edgec's stages in the measured build (median s): "
             + ", ".join(f"{k} {v:.2f}" for k, v in build.stage_medians().items())
@@ -828,7 +768,7 @@ def render_markdown(
     out += [
         "## How measured",
         "",
-        HOW_MEASURED.format(s=settings),
+        HOW_MEASURED.format(t=settings.timing),
         "",
     ]
     return "\n".join(out)
@@ -837,17 +777,10 @@ def render_markdown(
 def render_text(results: dict[str, ModelResult], build: BuildTiming | None, checks: list[Check]) -> str:
     out = []
     for res in results.values():
-        out += [res.model.title, _text_table(*table_rows(res)), ""]
+        out += [res.model.title, model_table(res, text=True), ""]
     if build is not None:
-        out += ["edgec build vs raw steps", _text_table(*build_table(build)), ""]
-    out += [
-        "targets",
-        _text_table(
-            ["target", "measured", "result"],
-            [[c.target, c.measured, _verdict(c)] for c in checks],
-            numeric=False,
-        ),
-    ]
+        out += ["edgec build vs raw steps", "\n".join(aligned_lines(*build_table(build), numeric_from=1)), ""]
+    out += ["targets", checks_text(checks)]
     return "\n".join(out) + "\n"
 
 
@@ -869,10 +802,13 @@ def run_suite(models: list[str], settings: Settings, work: Path, build_time: boo
         results[name] = run_model(name, work, settings)
     build = None
     if build_time and BUILD_TIME_MODEL in results:
-        build = measure_build_time(
-            results[BUILD_TIME_MODEL].model, work / BUILD_TIME_MODEL, settings, machine["reduce_range"]
-        )
-    machine["cpu_end"] = _cpu_seconds()
+        timed = results[BUILD_TIME_MODEL]
+        int8 = int8_build(timed.build_info["manifest"])
+        if int8 is None:
+            say(f"build time: not measured, edgec built no INT8 artifact for {BUILD_TIME_MODEL}")
+        else:
+            build = measure_build_time(timed.model, work / BUILD_TIME_MODEL, settings, int8)
+    machine["cpu_end"] = cpu_seconds()
     return {"machine": machine, "results": results, "build": build, "checks": check_targets(results, build)}
 
 

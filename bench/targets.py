@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -38,7 +38,7 @@ def run(
 
     work = Path(work or tempfile.mkdtemp(prefix="edgec-bench-targets-"))
     report("[targets] training the digits CNN")
-    with one_torch_thread():  # a small net on a busy 2-core machine: extra threads mostly spin
+    with one_torch_thread():  # a small net: on a busy machine extra threads mostly spin
         paths = write_demo(work, epochs=4 if quick else 12)
     targets, artifacts, skipped = [], [], []
     for name, precs in TARGETS:
@@ -76,16 +76,33 @@ def run(
         "## Every target on the digits CNN",
         "",
         f"Built with `edgec build digits_cnn.pt2 --target T ...` for T in {', '.join(targets)}; each artifact ran on "
-        f"its own runtime on this host, against the torch model on {n} held-out digits. TensorRT artifacts run "
-        "on ONNX Runtime here (no GPU): their figures are an estimate of accuracy, not of Jetson latency; the mcu "
-        "artifact runs in tflite-micro's host interpreter (its latency says nothing of a Cortex-M). "
-        f"Plots: [{out_html.name}]({out_html.name}) (`edgec report {json_path.name} --html {out_html.name}`).",
+        f"its own runtime on this host, against the torch model on {n} held-out digits. "
+        + "".join(f"{note} " for note in runtime_notes(results.runs))
+        + f"Plots: [{out_html.name}]({out_html.name}) (`edgec report {json_path.name} --html {out_html.name}`).",
         "",
         markdown_table(results),
     ]
     if skipped:
         lines += [f"Not built (unavailable here): {', '.join(skipped)}.", ""]
     return "\n".join(lines)
+
+
+def runtime_notes(runs: list[Any]) -> list[str]:
+    """What the runtimes the runs recorded make of their figures: a TensorRT artifact timed off its device is an
+    ONNX Runtime estimate, an mcu artifact runs in tflite-micro's host interpreter."""
+    notes = []
+    tensorrt = [r for r in runs if r.target == "tensorrt"]
+    estimated = [r.name for r in tensorrt if "estimate" in r.runtime]
+    if estimated:
+        notes.append(f"{', '.join(estimated)} ran on ONNX Runtime here, as the off-device estimate their recorded "
+                     "runtime names: their figures are an estimate of accuracy, not of Jetson latency.")
+    on_device = [f"{r.name} on {r.runtime}" for r in tensorrt if "estimate" not in r.runtime]
+    if on_device:
+        notes.append(f"TensorRT artifacts ran on TensorRT here: {', '.join(on_device)}.")
+    if any(r.target == "tflm" for r in runs):
+        notes.append("The mcu artifact runs in tflite-micro's host interpreter (its latency says nothing of a "
+                     "Cortex-M).")
+    return notes
 
 
 if __name__ == "__main__":

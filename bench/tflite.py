@@ -40,6 +40,11 @@ from typing import Any, Callable
 
 import numpy as np
 
+from bench.machine import Cpu, versions
+from bench.models import BenchModel
+from bench.section import Budget, Check, checks_list, one_line, rotated
+from edgec.benchmarks.report import MISSING, md_table, num_cell
+
 ARM_PROFILE = "rpi5"
 MCU_PROFILE = "cortex-m55-ethos-u55-128"
 MODELS = ("digits", "mobilenetv2")
@@ -58,7 +63,6 @@ MAX_INT8_DROP = 0.5  # points of digits accuracy, edgec INT8 (LiteRT) vs the tor
 MIN_TFLM_AGREEMENT = 100.0  # % top-1 agreement, TFLM vs LiteRT on the same INT8 file
 MIN_NPU_FRACTION = 1.0  # of a plain CNN's ops on the Ethos-U NPU
 
-MISSING = "–"
 ROWS = (
     ("fp32", "edgec LiteRT FP32"),
     ("fp16", "edgec LiteRT FP16"),
@@ -67,29 +71,8 @@ ROWS = (
 )
 
 
-@dataclasses.dataclass(frozen=True)
-class Budget:
-    rounds: int
-    seconds: float  # per row and round
-    min_iterations: int
-    max_iterations: int
-    warmup: int
-
-
 FULL = Budget(rounds=15, seconds=0.25, min_iterations=10, max_iterations=5000, warmup=3)
 QUICK = Budget(rounds=4, seconds=0.04, min_iterations=3, max_iterations=500, warmup=2)
-
-
-@dataclasses.dataclass
-class Model:
-    name: str
-    title: str
-    module: Any
-    input_shape: tuple[int, ...]
-    calib: np.ndarray
-    eval_x: np.ndarray
-    eval_y: np.ndarray | None
-    note: str
 
 
 @dataclasses.dataclass
@@ -149,7 +132,7 @@ class Mcu:
 
 @dataclasses.dataclass
 class Result:
-    model: Model
+    model: BenchModel
     rows: list[Row]
     mcu: Mcu
     torch_accuracy: float | None
@@ -163,18 +146,16 @@ class Result:
 # Models
 
 
-def digits(seed: int = SEED, epochs: int = DIGITS_EPOCHS) -> Model:
+def digits(seed: int = SEED, epochs: int = DIGITS_EPOCHS) -> BenchModel:
     from bench.models import digits_model
     from edgec.compiler.modelio import one_torch_thread
 
     with one_torch_thread():
         bm = digits_model(seed, epochs)
-    return Model("digits", bm.title, bm.module, bm.input_shape, bm.calib, bm.eval_x, bm.eval_y,
-                 f"trained {epochs} epochs; {len(bm.calib)} calibration images; {len(bm.eval_x)} held-out images "
-                 "with labels")
+    return dataclasses.replace(bm, note=f"trained {epochs} epochs; {len(bm.eval_x)} held-out images with labels")
 
 
-def mobilenetv2_96(seed: int = SEED) -> Model:
+def mobilenetv2_96(seed: int = SEED) -> BenchModel:
     """MobileNetV2's layout at 96x96 (width 1.0, ``MNV2_CLASSES`` classes), random weights, settled BatchNorm."""
     import torch
 
@@ -185,16 +166,16 @@ def mobilenetv2_96(seed: int = SEED) -> Model:
         torch.manual_seed(seed)
         module = mobilenetv2_shape(MNV2_CLASSES)
         _settle_batchnorm(module, MNV2_SHAPE, seed)
-    return Model(
+    return BenchModel(
         "mobilenetv2", f"MobileNetV2 shape, {'x'.join(map(str, MNV2_SHAPE))}, {MNV2_CLASSES} classes", module,
-        MNV2_SHAPE, random_images(MNV2_CALIB, MNV2_SHAPE, seed + 1), random_images(MNV2_EVAL, MNV2_SHAPE, seed + 2),
-        None,
-        f"random weights; {MNV2_CALIB} random-normal calibration images (seed {seed + 1}); {MNV2_EVAL} other "
-        f"random-normal images (seed {seed + 2}) to compare on",
+        MNV2_SHAPE, random_images(MNV2_CALIB, MNV2_SHAPE, seed + 1),
+        f"{MNV2_CALIB} random-normal images (seed {seed + 1})",
+        eval_x=random_images(MNV2_EVAL, MNV2_SHAPE, seed + 2),
+        note=f"random weights; {MNV2_EVAL} other random-normal images (seed {seed + 2}) to compare on",
     )
 
 
-def load(name: str) -> Model:
+def load(name: str) -> BenchModel:
     if name == "digits":
         return digits()
     if name == "mobilenetv2":
@@ -218,7 +199,7 @@ def torch_outputs(module: Any, x: np.ndarray, batch: int = 50) -> np.ndarray:
 # Building
 
 
-def build(model: Model, work: Path, report: Callable[[str], None]) -> tuple[list[Any], Any, str | None]:
+def build(model: BenchModel, work: Path, report: Callable[[str], None]) -> tuple[list[Any], Any, str | None]:
     """(rpi5 artifacts, mcu artifact or None, why the mcu build failed)."""
     import torch
 
@@ -375,9 +356,8 @@ def time_rows(rows: list[Row], sample: np.ndarray, budget: Budget, report: Calla
         r.xnnpack = calls[r.key].xnnpack
     report(f"[tflite] {name}: timing {len(live)} LiteRT rows, {budget.rounds} interleaved rounds")
     for k in range(budget.rounds):
-        order = live[k % len(live):] + live[:k % len(live)]
         got = {}
-        for r in order:
+        for r in rotated(live, k):
             lat = timed_loop(calls[r.key], [None], warmup=budget.warmup, iterations=budget.max_iterations,
                              duration=budget.seconds, min_iterations=budget.min_iterations)
             got[r.key] = float(np.median(lat))
@@ -424,7 +404,7 @@ def bisect_arena(path: Path, feeds: list[np.ndarray], start: int) -> int:
     return hi
 
 
-def mcu_figures(artifact: Any, arm_int8: Any, model: Model, reference_acc: float | None, samples: int) -> Mcu:
+def mcu_figures(artifact: Any, arm_int8: Any, model: BenchModel, reference_acc: float | None, samples: int) -> Mcu:
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
     from edgec.benchmarks.harness import open_runner
@@ -516,7 +496,7 @@ def bench_model(name: str, work: Path, budget: Budget, report: Callable[[str], N
                                             work / model.name / "peer.static_wi8_ai8.tflite")
         peer.size_bytes = peer.path.stat().st_size
     except Exception as exc:  # a peer may fail; its row says so
-        peer.error = f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+        peer.error = one_line(exc)
     rows.append(peer)
     seconds["peer"] = time.perf_counter() - t0
     for r in rows:
@@ -563,27 +543,17 @@ def bench_model(name: str, work: Path, budget: Budget, report: Callable[[str], N
 # Rendering
 
 
-def _f(value: float | None, fmt: str) -> str:
-    return MISSING if value is None else format(value, fmt)
+LITERT_TOOLS = ("ai-edge-litert", "litert-torch", "ai-edge-quantizer", "tflite-micro", "ethos-u-vela")
 
 
-def _host() -> str:
-    import platform
-
-    from edgec.compiler.versions import version_of
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    tools = ", ".join(f"{d} {version_of(d) or '?'}" for d in
-                      ("ai-edge-litert", "litert-torch", "ai-edge-quantizer", "tflite-micro", "ethos-u-vela"))
-    return (f"{platform.machine()} ({cpu}), so the ratios are XNNPACK's on this CPU, not a Raspberry Pi's; "
-            f"{tools}")
+def host(cpu: Cpu) -> str:
+    """The machine the LiteRT rows ran on (as read during the run), what that makes of the ratios, and the
+    versions of the LiteRT tools."""
+    found = versions(LITERT_TOOLS)
+    tools = ", ".join(f"{d} {found.get(d, '?')}" for d in LITERT_TOOLS)
+    where = (f"so the ratios are XNNPACK's on this {cpu.board}" if cpu.raspberry_pi
+             else "so the ratios are XNNPACK's on this CPU, not a Raspberry Pi's")
+    return f"{cpu.arch} ({cpu.model}), {where}; {tools}"
 
 
 def _float_cell(r: Row) -> str:
@@ -597,90 +567,129 @@ def _float_cell(r: Row) -> str:
     return f"{len(r.float_ops)}/{r.ops} ({kinds})"
 
 
-def _verdict(ok: bool | None) -> str:
-    return "n/a" if ok is None else ("PASS" if ok else "FAIL")
-
-
-def checks(results: list[Result]) -> list[tuple[str, bool | None, str]]:
-    """(target, passed or None when not measurable, the figure)."""
+def checks(results: list[Result]) -> list[Check]:
+    """The targets of the benchmarks issue against this run's figures (passed None: not measurable)."""
     out = []
     by = {r.model.name: r for r in results}
     d = by.get("digits")
     if d is not None:
         int8 = d.row("int8")
-        out.append((
+        out.append(Check(
             f"digits: edgec INT8 (LiteRT) accuracy drop <= {MAX_INT8_DROP} points vs torch",
+            f"{num_cell(d.torch_accuracy, '.2f')}% torch, {num_cell(int8.accuracy, '.2f')}% INT8: drop "
+            f"{num_cell(int8.drop, '+.2f')} (peer: {num_cell(d.row('peer').drop, '+.2f')})",
             None if int8.drop is None else int8.drop <= MAX_INT8_DROP,
-            f"{_f(d.torch_accuracy, '.2f')}% torch, {_f(int8.accuracy, '.2f')}% INT8: drop "
-            f"{_f(int8.drop, '+.2f')} (peer: {_f(d.row('peer').drop, '+.2f')})",
         ))
     for r in results:
         m = r.mcu
         if m.error or m.agree_top1 is None:
-            out.append((f"{r.model.name}: TFLM vs LiteRT top-1 agreement = {MIN_TFLM_AGREEMENT:.0f}%", None,
-                        f"no mcu artifact ({m.error})"))
+            out.append(Check(f"{r.model.name}: TFLM vs LiteRT top-1 agreement = {MIN_TFLM_AGREEMENT:.0f}%",
+                             f"no mcu artifact ({m.error})", None))
             continue
         pct = m.agree_top1 / m.samples * 100
-        out.append((
+        out.append(Check(
             f"{r.model.name}: TFLM vs LiteRT top-1 agreement = {MIN_TFLM_AGREEMENT:.0f}% (same INT8 file)",
-            pct >= MIN_TFLM_AGREEMENT,
             f"{m.agree_top1}/{m.samples} ({pct:.2f}%); int8 outputs bit-exact in {m.bit_exact}/{m.samples}, "
             f"at most {m.max_lsb} LSB apart; disagreements on a LiteRT top-2 margin within that: {m.ties}",
+            pct >= MIN_TFLM_AGREEMENT,
         ))
     for r in results:
         m = r.mcu
         if m.error or m.bisected_minimum_bytes is None:
-            out.append((f"{r.model.name}: recorded TFLM arena within its margin of the true minimum", None,
-                        "no mcu artifact"))
+            out.append(Check(f"{r.model.name}: recorded TFLM arena within its margin of the true minimum",
+                             "no mcu artifact", None))
             continue
-        ok = m.bisected_minimum_bytes <= m.recorded_bytes <= m.arena_limit
-        out.append((
+        out.append(Check(
             f"{r.model.name}: recorded TFLM arena within +{m.margin:.0%} (16-byte aligned) of the true minimum",
-            ok,
             f"recorded {m.recorded_bytes} B, minimum bisected here {m.bisected_minimum_bytes} B "
             f"(edgec's: {m.edgec_minimum_bytes} B), limit {m.arena_limit} B: "
             f"+{(m.recorded_bytes / m.bisected_minimum_bytes - 1) * 100:.1f}%",
+            m.bisected_minimum_bytes <= m.recorded_bytes <= m.arena_limit,
         ))
     if d is not None:
         v = d.mcu.vela
+        target = "digits (plain CNN): 100% of ops on the Ethos-U NPU"
         if v is None:
-            out.append(("digits (plain CNN): 100% of ops on the Ethos-U NPU", None, f"no vela report ({d.mcu.error})"))
+            out.append(Check(target, f"no vela report ({d.mcu.error})", None))
         else:
             total = v["npu_ops"] + v["cpu_ops"]
-            out.append(("digits (plain CNN): 100% of ops on the Ethos-U NPU",
-                        v["npu_ops"] / max(1, total) >= MIN_NPU_FRACTION,
-                        f"{v['npu_ops']}/{total} on the NPU ({v['accelerator']})"))
+            out.append(Check(target, f"{v['npu_ops']}/{total} on the NPU ({v['accelerator']})",
+                             v["npu_ops"] / max(1, total) >= MIN_NPU_FRACTION))
     return out
 
 
-def render(results: list[Result], budget: Budget, quick: bool, wall_s: float | None = None) -> str:
+MAIN_COLUMNS = ("model", "row", "file KiB", "float ops (INT8)", "XNNPACK", "LiteRT p50 ms", "ratio to FP32",
+                "top-1 agreement with torch", "logit SQNR dB", "accuracy", "drop (points)")
+MCU_COLUMNS = ("model", "same file as rpi5 INT8", "arena recorded B", "minimum bisected here B",
+               "edgec's minimum B", "over minimum", "firmware arena (vela model) B", "NPU / CPU ops", "vela cycles",
+               "vela inference ms", "vela SRAM B", "vela model B", "TFLM accuracy", "TFLM vs LiteRT top-1",
+               "bit-exact int8 outputs", "LiteRT reference kernels vs TFLM: top-1, bit-exact")
+
+
+def _pct(value: float | None) -> str:
+    return MISSING if value is None else f"{value:.2f}%"
+
+
+def main_rows(results: list[Result]) -> list[list[str]]:
+    """The LiteRT table: the torch reference (when labels give it an accuracy), then every row of each model."""
+    body = []
+    for res in results:
+        short = res.model.name
+        if res.torch_accuracy is not None:
+            body.append([short, "torch FP32 (reference)", *[MISSING] * 5, "100.00%", MISSING,
+                         _pct(res.torch_accuracy), MISSING])
+        for r in res.rows:
+            if r.error:
+                body.append([short, r.label, f"failed: {r.error}", *[""] * 8])
+                continue
+            body.append([
+                short, r.label, f"{r.size_bytes / 1024:.1f}", _float_cell(r), r.xnnpack or MISSING,
+                num_cell(r.p50_ms, ".4f"), num_cell(r.ratio, ".3f"), _pct(r.agreement), num_cell(r.sqnr_db, ".1f"),
+                _pct(r.accuracy), num_cell(r.drop, "+.2f"),
+            ])
+    return body
+
+
+def mcu_rows(results: list[Result]) -> tuple[list[list[str]], list[str]]:
+    """The MCU table, and a note for each model whose mcu build failed."""
+    body, notes = [], []
+    for res in results:
+        m = res.mcu
+        if m.error:
+            body.append([res.model.name, "build failed (below)", *[""] * 14])
+            int8 = res.row("int8")
+            seen = (f" Its `{ARM_PROFILE}` INT8 file shows the same: {_float_cell(int8)} of its ops compute in float."
+                    if int8.float_ops else "")
+            notes.append(f"- {res.model.name}: the `{MCU_PROFILE}` build fails, so it has no mcu figures: "
+                         f"{m.error}.{seen}")
+            continue
+        v = m.vela or {}
+        over = (m.recorded_bytes / m.bisected_minimum_bytes - 1) * 100
+        body.append([
+            res.model.name, "yes" if m.sha_same_as_arm else "no", str(m.recorded_bytes),
+            str(m.bisected_minimum_bytes), str(m.edgec_minimum_bytes), f"+{over:.1f}%", str(m.firmware_arena_bytes),
+            f"{v.get('npu_ops', MISSING)} / {v.get('cpu_ops', MISSING)}", str(v.get("cycles_total", MISSING)),
+            f"{num_cell(v.get('inference_time_ms'), '.4f')} @ {v.get('clock_hz', 0) / 1e6:.0f} MHz",
+            str(v.get("sram_bytes", MISSING)), str(v.get("optimised_bytes", MISSING)), _pct(m.tflm_accuracy),
+            f"{m.agree_top1}/{m.samples}", f"{m.bit_exact}/{m.samples} (max {m.max_lsb} LSB)",
+            f"{m.ref_agree_top1}/{m.samples}, {m.ref_bit_exact}/{m.samples} (max {m.ref_max_lsb} LSB)",
+        ])
+    return body, notes
+
+
+def render(results: list[Result], budget: Budget, quick: bool, wall_s: float | None = None,
+           cpu: Cpu | None = None) -> str:
+    """The Markdown section; ``cpu``: the machine the rows ran on, read during the run."""
+    mcu_body, notes = mcu_rows(results)
     lines = [
         "## Arm (LiteRT) and MCU (TFLite Micro, Ethos-U) targets",
         "",
         f"edgec's `{ARM_PROFILE}` artifacts (FP32, FP16 weights, INT8 full-integer) and the peer's INT8 "
         "(ai-edge-quantizer's default static recipe on edgec's FP32 .tflite, same calibration samples), run "
         "in LiteRT on this host: batch 1, one thread, XNNPACK. Ratios are to LiteRT FP32 of the same model, "
-        f"timed side by side. Host: {_host()}.",
+        f"timed side by side. Host: {host(cpu or Cpu.read())}.",
         "",
-        "| model | row | file KiB | float ops (INT8) | XNNPACK | LiteRT p50 ms | ratio to FP32 | "
-        "top-1 agreement with torch | logit SQNR dB | accuracy | drop (points) |",
-        "|---|---|---:|---|---|---:|---:|---:|---:|---:|---:|",
-    ]
-    for res in results:
-        short = res.model.name
-        if res.torch_accuracy is not None:
-            lines.append(f"| {short} | torch FP32 (reference) | {MISSING} | {MISSING} | {MISSING} | {MISSING} | "
-                         f"{MISSING} | 100.00% | {MISSING} | {res.torch_accuracy:.2f}% | {MISSING} |")
-        for r in res.rows:
-            if r.error:
-                lines.append(f"| {short} | {r.label} | failed: {r.error} |" + " |" * 8)
-                continue
-            lines.append(
-                f"| {short} | {r.label} | {r.size_bytes / 1024:.1f} | {_float_cell(r)} | {r.xnnpack or MISSING} | "
-                f"{_f(r.p50_ms, '.4f')} | {_f(r.ratio, '.3f')} | {_f(r.agreement, '.2f')}% | {_f(r.sqnr_db, '.1f')} | "
-                f"{MISSING if r.accuracy is None else f'{r.accuracy:.2f}%'} | {_f(r.drop, '+.2f')} |"
-            )
-    lines += [
+        md_table(MAIN_COLUMNS, main_rows(results), numeric_from=2, text_columns=(3, 4)),
         "",
         "Drop: digits, the torch model's accuracy on the labels minus the row's; MobileNetV2 (random weights, no "
         "labels), 100 minus the top-1 agreement with the torch model. Logit SQNR: 10 log10 of the torch logits' energy "
@@ -690,38 +699,12 @@ def render(results: list[Result], budget: Budget, quick: bool, wall_s: float | N
         f"MCU (`{MCU_PROFILE}`): the mcu build's INT8 file in tflite-micro on this host, its arena, and vela's "
         "figures for the Ethos-U55-128.",
         "",
-        "| model | same file as rpi5 INT8 | arena recorded B | minimum bisected here B | edgec's minimum B | "
-        "over minimum | firmware arena (vela model) B | NPU / CPU ops | vela cycles | vela inference ms | "
-        "vela SRAM B | vela model B | TFLM accuracy | TFLM vs LiteRT top-1 | bit-exact int8 outputs | "
-        "LiteRT reference kernels vs TFLM: top-1, bit-exact |",
-        "|---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        md_table(MCU_COLUMNS, mcu_body, numeric_from=2, text_columns=(7, 15)),
+        "",
+        "Targets:",
+        "",
+        *checks_list(checks(results)),
     ]
-    notes = []
-    for res in results:
-        m = res.mcu
-        if m.error:
-            lines.append(f"| {res.model.name} | build failed (below) |" + " |" * 14)
-            int8 = res.row("int8")
-            seen = (f" Its `{ARM_PROFILE}` INT8 file shows the same: {_float_cell(int8)} of its ops compute in float."
-                    if int8.float_ops else "")
-            notes.append(f"- {res.model.name}: the `{MCU_PROFILE}` build fails, so it has no mcu figures: "
-                         f"{m.error}.{seen}")
-            continue
-        v = m.vela or {}
-        over = (m.recorded_bytes / m.bisected_minimum_bytes - 1) * 100
-        lines.append(
-            f"| {res.model.name} | {'yes' if m.sha_same_as_arm else 'no'} | {m.recorded_bytes} | "
-            f"{m.bisected_minimum_bytes} | {m.edgec_minimum_bytes} | +{over:.1f}% | {m.firmware_arena_bytes} | "
-            f"{v.get('npu_ops', MISSING)} / {v.get('cpu_ops', MISSING)} | {v.get('cycles_total', MISSING)} | "
-            f"{_f(v.get('inference_time_ms'), '.4f')} @ {v.get('clock_hz', 0) / 1e6:.0f} MHz | "
-            f"{v.get('sram_bytes', MISSING)} | {v.get('optimised_bytes', MISSING)} | "
-            f"{MISSING if m.tflm_accuracy is None else f'{m.tflm_accuracy:.2f}%'} | "
-            f"{m.agree_top1}/{m.samples} | {m.bit_exact}/{m.samples} (max {m.max_lsb} LSB) | "
-            f"{m.ref_agree_top1}/{m.samples}, {m.ref_bit_exact}/{m.samples} (max {m.ref_max_lsb} LSB) |"
-        )
-    lines += ["", "Targets:", ""]
-    for what, ok, figure in checks(results):
-        lines.append(f"- {what}: {figure} ({_verdict(ok)}).")
     notes += _explain(results)
     if notes:
         lines += ["", "Notes:", "", *notes]
@@ -766,9 +749,10 @@ def run(quick: bool = False, work: Path | None = None, report: Callable[[str], N
     budget = QUICK if quick else FULL
     models = models or (("digits",) if quick else MODELS)
     work = Path(work or tempfile.mkdtemp(prefix="edgec-bench-tflite-"))
+    cpu = Cpu.read()
     t0 = time.perf_counter()
     results = [bench_model(name, work, budget, report) for name in models]
-    return render(results, budget, quick, time.perf_counter() - t0)
+    return render(results, budget, quick, time.perf_counter() - t0, cpu)
 
 
 if __name__ == "__main__":

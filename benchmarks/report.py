@@ -1,6 +1,12 @@
-"""Tables of benchmark results: Markdown for reports, aligned plain text for the terminal."""
+"""Tables of benchmark results: Markdown for reports, aligned plain text for the terminal.
+
+``md_table``, ``aligned_lines``, ``num_cell`` and ``verdict`` take plain cells, so any table of figures (the
+``make bench`` suite's too) is written by the same code as ``edgec bench``'s.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Callable, Collection, Sequence
 
 from edgec.benchmarks.results import BenchResults, RunResult
 
@@ -19,7 +25,7 @@ COLUMNS = (
     "cosine",
     "max abs err",
 )
-_NUMERIC = frozenset(COLUMNS[2:])
+_FIRST_NUMERIC = "size"
 
 
 def format_size(n: int | None) -> str:
@@ -32,6 +38,25 @@ def format_size(n: int | None) -> str:
 
 def num_cell(value: float | None, fmt: str) -> str:
     return MISSING if value is None else format(value, fmt)
+
+
+def verdict(passed: bool | None, unmeasured: str = "not measured") -> str:
+    """PASS or FAIL for a checked target; ``unmeasured`` when the run could not measure it (``passed`` None)."""
+    return unmeasured if passed is None else ("PASS" if passed else "FAIL")
+
+
+def md_table(
+    header: Sequence[str], body: Sequence[Sequence[str]], numeric_from: int, text_columns: Collection[int] = ()
+) -> str:
+    """A GitHub-flavoured Markdown table (no trailing newline).
+
+    Columns from ``numeric_from`` on are right-aligned, except those in ``text_columns``. A ``|`` inside a
+    body cell (an error message) is escaped so it cannot split the cell.
+    """
+    rule = ["---:" if i >= numeric_from and i not in text_columns else "---" for i in range(len(header))]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(rule) + "|"]
+    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |" for cells in body]
+    return "\n".join(lines)
 
 
 def _accuracy_cell(run: RunResult) -> str:
@@ -93,20 +118,29 @@ def _footnote(results: BenchResults) -> str:
 
 def markdown_table(results: BenchResults) -> str:
     """A GitHub-flavoured Markdown table, one row per artifact, with a one-line legend under it."""
-    header = "| " + " | ".join(COLUMNS) + " |"
-    align = "|" + "|".join("---:" if c in _NUMERIC else "---" for c in COLUMNS) + "|"
-    body = ["| " + " | ".join(cells) + " |" for cells in rows(results)]
-    return "\n".join([header, align, *body, "", _footnote(results)]) + "\n"
+    table = md_table(COLUMNS, rows(results), numeric_from=COLUMNS.index(_FIRST_NUMERIC))
+    return "\n".join([table, "", _footnote(results)]) + "\n"
 
 
-def aligned_lines(header: list[str], body: list[list[str]], numeric_from: int) -> list[str]:
-    """A plain-text table: the header, a rule, then the rows; columns from ``numeric_from`` on right-aligned."""
-    table = [header, *body]
-    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+def aligned_lines(
+    header: Sequence[str],
+    body: Sequence[Sequence[str]],
+    numeric_from: int,
+    spills: Callable[[str], bool] = lambda cell: False,
+) -> list[str]:
+    """A plain-text table: the header, a rule, then the rows; columns from ``numeric_from`` on right-aligned.
 
-    def line(cells: list[str]) -> str:
+    A cell for which ``spills`` is true (a long failure message) runs past its column, left-aligned, instead
+    of widening the column for every row.
+    """
+    widths = [
+        max([len(header[i]), *(len(row[i]) for row in body if not spills(row[i]))]) for i in range(len(header))
+    ]
+
+    def line(cells: Sequence[str]) -> str:
         return "  ".join(
-            c.rjust(w) if i >= numeric_from else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))
+            c.rjust(w) if i >= numeric_from and not spills(c) else c.ljust(w)
+            for i, (c, w) in enumerate(zip(cells, widths))
         ).rstrip()
 
     return [line(header), "  ".join("-" * w for w in widths), *(line(r) for r in body)]
@@ -114,6 +148,5 @@ def aligned_lines(header: list[str], body: list[list[str]], numeric_from: int) -
 
 def text_table(results: BenchResults) -> str:
     """The same table as plain text with aligned columns, for the terminal."""
-    # the numeric columns are the ones from "size" on
-    lines = aligned_lines(list(COLUMNS), rows(results), numeric_from=COLUMNS.index("size"))
+    lines = aligned_lines(COLUMNS, rows(results), numeric_from=COLUMNS.index(_FIRST_NUMERIC))
     return "\n".join([*lines, "", _footnote(results)]) + "\n"

@@ -94,3 +94,27 @@ def test_build_time_figures_and_verdicts():
     build = next(c for t, c in checks.items() if t.startswith("edgec build wall time"))
     assert build.passed is False and build.measured.startswith("1.60x")
     assert all(c.passed is None for t, c in checks.items() if "latency" in t)
+
+
+@pytest.mark.slow
+def test_raw_steps_quantize_as_the_build_recorded(tmp_path):
+    """The raw quantize_static of the build-time comparison takes its settings from edgec's manifest."""
+    import numpy as np
+    import onnx
+    import torch
+
+    from bench.models import BenchModel
+    from bench.suite import describe_raw_settings, raw_steps
+
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.Flatten()).eval()
+    calib = np.random.default_rng(0).standard_normal((4, 1, 8, 8), dtype=np.float32)
+    bm = BenchModel("tiny", "tiny", module, (1, 1, 8, 8), calib, "4 random images")
+    recorded = {"runtime": "onnxruntime", "flavour": "S8S8", "per_channel": False, "reduce_range": True}
+    export_s, quantize_s = raw_steps(bm, tmp_path, recorded)
+    assert export_s > 0 and quantize_s > 0
+    assert describe_raw_settings(recorded) == "S8S8 QDQ, per-tensor, reduce_range=True"
+    model = onnx.load(str(tmp_path / "raw.int8.onnx"))
+    inits = {i.name: i for i in model.graph.initializer}
+    zero_points = [inits[n.input[2]] for n in model.graph.node if n.op_type == "QuantizeLinear" and len(n.input) > 2]
+    assert zero_points and all(z.data_type == onnx.TensorProto.INT8 for z in zero_points)  # S8 activations

@@ -51,3 +51,28 @@ def test_format_size():
     assert format_size(512) == "0.5 KiB"
     assert format_size(5 * 1024 * 1024) == "5.00 MiB"
     assert format_size(None) == MISSING
+
+
+def test_md_table_aligns_numeric_columns_and_escapes_pipes():
+    from edgec.benchmarks.report import md_table
+
+    table = md_table(["model", "note", "p50", "KiB"], [["a", "x | y", "1.0", "2"]], numeric_from=1,
+                     text_columns=(1,))
+    assert table.splitlines() == ["| model | note | p50 | KiB |", "|---|---|---:|---:|", "| a | x \\| y | 1.0 | 2 |"]
+
+
+def test_verdict():
+    from edgec.benchmarks.report import verdict
+
+    assert [verdict(True), verdict(False), verdict(None), verdict(None, "n/a")] == [
+        "PASS", "FAIL", "not measured", "n/a"]
+
+
+def test_a_spilling_cell_does_not_widen_its_column():
+    from edgec.benchmarks.report import aligned_lines
+
+    rows = [["a", "1.5", "2"], ["b", "failed: a long message", "–"]]
+    lines = aligned_lines(["row", "p50", "x"], rows, numeric_from=1, spills=lambda c: c.startswith("failed"))
+    assert lines[0] == "row  p50  x"
+    assert lines[2] == "a    1.5  2"
+    assert lines[3] == "b    failed: a long message  –"
