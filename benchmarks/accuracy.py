@@ -41,9 +41,8 @@ class OutputMetrics:
 
 
 #: The task whose figure is an artifact's headline when no labels pick the output: the first output of the
-#: first task in this order.
-_HEADLINE_ORDER = ("classification", "detection", "embedding", "sequence", "dense", "multilabel", "regression",
-                   "generic")
+#: first task in this order. A generic output (no task evidence) has no headline: only its element-wise figures.
+_HEADLINE_ORDER = ("classification", "detection", "embedding", "sequence", "dense", "multilabel", "regression")
 
 
 @dataclasses.dataclass
@@ -68,8 +67,8 @@ class AccuracyReport:
         labelled = [m for m in self.tasks.values() if m.drop_basis == "labels"]
         if labelled:
             return labelled[0]
-        return min(self.tasks.values(), key=lambda m: _HEADLINE_ORDER.index(m.task)
-                   if m.task in _HEADLINE_ORDER else len(_HEADLINE_ORDER))
+        scored = [m for m in self.tasks.values() if m.task in _HEADLINE_ORDER]
+        return min(scored, key=lambda m: _HEADLINE_ORDER.index(m.task)) if scored else None
 
     @property
     def primary(self) -> OutputMetrics | None:

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from edgec.benchmarks.accuracy import AccuracyReport, compare_outputs
-from edgec.benchmarks.report import aligned_lines, num_cell
+from edgec.benchmarks.report import MISSING, aligned_lines, num_cell
 from edgec.compiler.context import track
 from edgec.compiler.errors import ConfigError
 from edgec.compiler.types import Artifact, Feeds, LayerOutput, ModelFormat
@@ -544,16 +544,19 @@ def text_report(comparison: Comparison) -> str:
     """The N-way table, the pairwise agreement matrix and the layer findings, for the terminal."""
 
     lines = [f"reference: {comparison.reference}; {comparison.samples} samples", ""]
-    header = ["artifact", "runtime", "output", "top-1 agree %", "cosine", "SNR dB", "max abs err", "mean abs err"]
+    header = ["artifact", "runtime", "output", "task metric (drop pts)", "top-1 agree %", "cosine", "SNR dB",
+              "max abs err", "mean abs err"]
     rows = []
     for name, report in comparison.reports.items():
         for out, m in report.per_output.items():
+            t = report.tasks.get(out)
+            task = MISSING if t is None or t.value is None else f"{t.task} {t.headline} {t.value:.4g} ({t.drop:.2f})"
             rows.append([
-                name, comparison.runtimes.get(name, ""), out, num_cell(m.top1_agreement, ".2f"),
+                name, comparison.runtimes.get(name, ""), out, task, num_cell(m.top1_agreement, ".2f"),
                 num_cell(m.cosine, ".6f"), num_cell(m.snr_db, ".1f"), num_cell(m.max_abs_error, ".3g"),
                 num_cell(m.mean_abs_error, ".3g"),
             ])
-    lines += aligned_lines(header, rows, numeric_from=3)
+    lines += aligned_lines(header, rows, numeric_from=4)
     if comparison.pairwise:
         names = list(comparison.pairwise)
         lines += ["", f"top-1 agreement % between runs (output '{comparison.primary_output}'):"]

@@ -522,6 +522,7 @@ def bench(
     remote: str | None = None,
     identity: str | Path | None = None,
     remote_python: str | None = None,
+    output_tasks: tuple[str, ...] = (),
 ):
     """Run ``edgec bench``: every artifact of a build (or one artifact) on its runtime, against a reference.
 
@@ -537,6 +538,7 @@ def bench(
     spec = artifacts[0].spec
     evaluation = load_dataset(data, spec, samples=samples, seed=seed, role="evaluation", labels=labels)
     report(f"[data] {len(evaluation)} evaluation samples from {data}")
+    _apply_tasks(artifacts, output_tasks, labels is not None, report)
     ref_fn, ref_artifact, ref_name = _reference(
         reference, manifest, artifacts, inputs, model_factory, trust_checkpoint, report,
         prefer_checkpoint=False,
@@ -575,6 +577,7 @@ def compare(
     jump_min_increase: float | None = None,
     threads: int = 1,
     report: Reporter = silent_reporter,
+    output_tasks: tuple[str, ...] = (),
 ):
     """Run ``edgec compare``: the same inputs through the reference (by default the build's checkpoint in torch)
     and every artifact; each reduced-precision ONNX or TFLite artifact also walked layer by layer against
@@ -607,6 +610,7 @@ def compare(
     spec = artifacts[0].spec
     evaluation = load_dataset(data, spec, samples=samples, seed=seed, role="evaluation", labels=labels)
     report(f"[data] {len(evaluation)} samples from {data}")
+    _apply_tasks(artifacts, output_tasks, labels is not None, report)
     ref_fn, ref_artifact, ref_name = _reference(
         reference, manifest, artifacts, inputs, model_factory, trust_checkpoint, report, prefer_checkpoint=True,
     )
@@ -620,6 +624,30 @@ def compare(
         labels=getattr(evaluation, "labels", None), layer_samples=layer_samples, threads=threads, say=report,
         **jumps,
     )
+
+
+def _apply_tasks(artifacts: list[Artifact], declared: tuple[str, ...], has_labels: bool, report: Reporter) -> None:
+    """Each output's task, for scoring: what the build recorded, with ``--output-task`` declarations over it;
+    for artifacts without a record (a lone .onnx file), inferred from the ONNX graph. Printed."""
+    from edgec.compiler.tasks import OutputTask, resolve_tasks
+
+    recorded = artifacts[0].metadata.get("tasks")
+    if recorded and not declared:
+        tasks = [OutputTask.from_dict(t) for t in recorded]
+    else:
+        import onnx
+
+        spec = artifacts[0].spec
+        onnx_file = next((a.path for a in artifacts if a.format == ModelFormat.ONNX), None)
+        model = onnx.load(str(onnx_file), load_external_data=False) if onnx_file else None
+        kept = {t["output"]: {"task": t["task"], **t.get("options", {})} for t in recorded or ()
+                if t.get("source") == "declared"}
+        decl = {**kept, **dict(d.partition("=")[::2] for d in declared)}
+        tasks = resolve_tasks(spec, decl, model, has_labels=has_labels)
+    for t in tasks:
+        report(f"[tasks] {t.describe()}")
+    for a in artifacts:
+        a.metadata["tasks"] = [t.to_dict() for t in tasks]
 
 
 def _reference(

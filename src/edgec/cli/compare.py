@@ -23,11 +23,12 @@ from edgec.cli import emit_json, reporter
 @click.option("--layer-samples", type=int, default=8, show_default=True, help="Samples for the layer-by-layer walk of INT8/FP16 ONNX and TFLite artifacts; 0 skips it.")
 @click.option("--jump-ratio", type=float, help="A layer's error jumps when it is this many times its inputs' (default 2).")
 @click.option("--jump-min-increase", type=float, help="... and grows by at least this relative RMS error (default 0.05).")
+@click.option("--output-task", "output_tasks", multiple=True, metavar="NAME=TASK[:OPTIONS]", help="The task of an output (overrides what the build recorded or inferred).")
 @click.option("--threads", type=int, default=1, show_default=True, help="Intra-op threads of each runtime.")
 @click.option("--json", "json_out", metavar="PATH|-", help="Write the comparison as JSON to PATH, or to stdout with '-' (then nothing else is printed there).")
 @click.pass_context
 def compare(ctx, paths, data, labels, samples, seed, reference, inputs, model_factory, trust_checkpoint, only,
-            layer_samples, jump_ratio, jump_min_increase, threads, json_out) -> None:
+            layer_samples, jump_ratio, jump_min_increase, output_tasks, threads, json_out) -> None:
     """Feed the same inputs to the reference and every artifact of the builds at PATHS (one or more build folders
     of the same checkpoint, e.g. a cpu/rpi5 build and an mcu build).
 
@@ -42,7 +43,7 @@ def compare(ctx, paths, data, labels, samples, seed, reference, inputs, model_fa
         list(paths), data, labels=labels, samples=samples, seed=seed, reference=reference, inputs=inputs,
         model_factory=model_factory, trust_checkpoint=trust_checkpoint, only=tuple(only),
         layer_samples=layer_samples, jump_ratio=jump_ratio, jump_min_increase=jump_min_increase, threads=threads,
-        report=reporter(ctx),
+        report=reporter(ctx), output_tasks=tuple(output_tasks),
     )
     if json_out != "-":
         click.echo(text_report(comparison), nl=False)
