@@ -13,6 +13,7 @@ which a device checks itself against. torch and executorch are imported inside t
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import os
 import re
@@ -34,6 +35,7 @@ from edgec.compiler.errors import (
 )
 from edgec.compiler.modelio import output_names_for, torchscript_to_exported
 from edgec.compiler.types import CalibrationSet, InputSpec, Precision
+from edgec.targets.executorch.passes import float32_to_half, prelu_off_4d
 from edgec.targets.pt2e import calibration_batches, sample_args
 
 #: INT8 activation range observers: histogram (ExecuTorch's default for XNNPACK) or minmax.
@@ -186,16 +188,11 @@ def _check_shapes(spec: InputSpec, source: str) -> dict[str, list[str]]:
     return {t.name: [d for d in t.shape if not isinstance(d, int)] for t in spec.inputs if t.is_dynamic}
 
 
-def _wrap(module: Any, precision: Precision) -> Any:
-    """The model with positional inputs and a flat tuple of outputs; for FP16, with half weights and compute
-    and float32 inputs and outputs (cast at the program's edges)."""
-    import copy
-
+def _wrap(module: Any) -> Any:
+    """The model with positional inputs and a flat tuple of outputs."""
     import torch
 
     from edgec.compiler.modelio import flatten_outputs
-
-    half = precision == Precision.FP16
 
     class Flat(torch.nn.Module):
         def __init__(self, inner: Any):
@@ -203,18 +200,30 @@ def _wrap(module: Any, precision: Precision) -> Any:
             self.model = inner
 
         def forward(self, *args: Any) -> tuple:
-            if half:
-                args = tuple(a.half() if a.is_floating_point() else a for a in args)
-            outs = flatten_outputs(self.model(*args))
-            if half:
-                outs = [o.float() if o.is_floating_point() else o for o in outs]
-            return tuple(outs)
+            return tuple(flatten_outputs(self.model(*args)))
 
-    inner = copy.deepcopy(module).half() if half else module
-    flat = Flat(inner)
+    flat = Flat(module)
     # Not .eval(): an ExportedProgram's module refuses train(); the wrapper itself has no training mode.
     flat.training = False
     return flat
+
+
+def _half_io(gm: Any) -> Any:
+    """A half-precision graph behind float32 inputs and outputs (the casts run at the program's edges)."""
+    import torch
+
+    class HalfIO(torch.nn.Module):
+        def __init__(self, inner: Any):
+            super().__init__()
+            self.model = inner
+
+        def forward(self, *args: Any) -> tuple:
+            args = tuple(a.half() if a.is_floating_point() else a for a in args)
+            return tuple(o.float() if o.is_floating_point() else o for o in self.model(*args))
+
+    wrapper = HalfIO(gm)
+    wrapper.training = False
+    return wrapper
 
 
 def _module_path(node: Any) -> str | None:
@@ -268,8 +277,11 @@ def _lowering_error(exc: BaseException, source: str, what: str, graphs: tuple) -
             hint=f"rewrite that part of the model without {short}, or build for a target that runs ONNX "
             "(e.g. --target cpu)",
         )
+    cause = exc.__cause__ or exc.__context__
+    if cause is not None and str(cause).strip():
+        text = f"{text} ({type(cause).__name__}: {' '.join(str(cause).split())})"
     return ExportError(
-        f"ExecuTorch cannot lower '{source}' ({what}): {type(exc).__name__}: {text[:300] or '(no message)'}",
+        f"ExecuTorch cannot lower '{source}' ({what}): {type(exc).__name__}: {text[:400] or '(no message)'}",
         hint="the message names the failing op or construct; rewrite it in the model, or build for an ONNX "
         "target (e.g. --target cpu)",
     )
@@ -502,9 +514,19 @@ def lower(
     info: dict[str, Any] = {"batch": spec.inputs[0].concrete_shape(1)[0] if spec.inputs and spec.inputs[0].shape else None}
     if dynamic:
         info["dynamic_axes_fixed_at_1"] = dynamic
-    with native_output():  # deepcopy warns about torch's pytree specs
-        reference = _wrap(module, Precision.FP32)
-        exported = _export(_wrap(module, precision), args, source, "torch.export", module)
+    with native_output():
+        reference = _wrap(module)
+        exported = _export(reference, args, source, "torch.export", module)
+        # A copy: the unlifted module shares its parameters with ``module``, which stays the FP32 reference.
+        graph = copy.deepcopy(exported.module())
+        rewrites = prelu_off_4d(graph)
+        if precision == Precision.FP16:
+            rewrites += float32_to_half(graph)
+            graph = _half_io(graph)
+        if rewrites or precision == Precision.FP16:
+            exported = _export(graph, args, source, "torch.export after edgec's rewrites", module)
+    if rewrites:
+        info["rewrites"] = rewrites
     if precision == Precision.INT8:
         with native_output():
             exported, calls = _quantize(exported, args, spec, calibration, source, module, observer, per_channel)
