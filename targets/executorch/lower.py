@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import io
 import os
 import re
 import sys
@@ -81,6 +82,15 @@ class PteModel:
 # Native logs.
 
 
+def _flush_c_stdio() -> None:
+    import ctypes
+
+    try:
+        ctypes.CDLL(None).fflush(None)
+    except (OSError, AttributeError):
+        pass
+
+
 class _Captured:
     text = ""
 
@@ -94,6 +104,7 @@ def native_output() -> Iterator[_Captured]:
     from edgec.compiler.context import quiet_tools
 
     captured = _Captured()
+    text = io.StringIO()
     sys.stdout.flush()
     sys.stderr.flush()
     saved = []
@@ -105,36 +116,35 @@ def native_output() -> Iterator[_Captured]:
                     os.dup2(sink.fileno(), fd)
                 except OSError:
                     pass
-            with quiet_tools("executorch"), warnings.catch_warnings():
+            # The runtime's log lines may also arrive through Python's sys.stdout (pybind's print).
+            with quiet_tools("executorch"), contextlib.redirect_stdout(text), contextlib.redirect_stderr(text), \
+                    warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 yield captured
         finally:
             sys.stdout.flush()
             sys.stderr.flush()
+            _flush_c_stdio()  # ExecuTorch logs through C stdio, fully buffered when stdout is not a terminal
             for fd, old in saved:
                 os.dup2(old, fd)
                 os.close(old)
             sink.seek(0)
-            captured.text = sink.read().decode(errors="replace")
+            captured.text = sink.read().decode(errors="replace") + text.getvalue()
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Running a .pte (shared by the runner and the build's check).
 
 
-def torch_dtype(name: str) -> Any:
-    import torch
-
-    return getattr(torch, np.dtype(name).name)
-
-
 def load_method(path_or_bytes: Path | bytes, threads: int | None = None) -> Any:
-    """The ``forward`` method of a program in ExecuTorch's Python runtime (its native logs held back)."""
+    """The ``forward`` method of a program in ExecuTorch's Python runtime (its native logs held back); a
+    RuntimeError naming the missing kernels when the runtime lacks some."""
     try:
         with native_output():
             from executorch.runtime import Runtime
     except ImportError:
         raise missing_dependency("executorch", "executorch", "running .pte artifacts") from None
+    failure = None
     with native_output() as logs:
         try:
             if threads:
@@ -145,7 +155,9 @@ def load_method(path_or_bytes: Path | bytes, threads: int | None = None) -> Any:
             program = Runtime.get().load_program(path_or_bytes)
             method = program.load_method("forward")
         except Exception as exc:
-            raise _runtime_error(exc, logs) from None
+            failure = exc
+    if failure is not None:  # the logs are read once the block has closed
+        raise _runtime_error(failure, logs) from None
     # The program must outlive the method: keep it on the method's wrapper.
     method._edgec_program = program
     return method

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from edgec.compiler.errors import CalibrationError
+from edgec.compiler.errors import CalibrationError, InputFileError
 from edgec.compiler.types import Feeds, InputSpec
 from edgec.compiler.versions import version_of
 from edgec.targets.base import Runner
@@ -32,7 +32,13 @@ class ExecuTorchRunner(Runner):
         self.method: Any = None
 
     def load(self) -> None:
-        self.method = load_method(self.path, self.threads)
+        try:
+            self.method = load_method(self.path, self.threads)
+        except RuntimeError as exc:
+            raise InputFileError(
+                f"ExecuTorch's runtime cannot load '{self.path}': {' '.join(str(exc).split())[:300]}",
+                hint=f"rebuild it with edgec build (this runtime is executorch {version_of('executorch') or '?'})",
+            ) from None
         self.runtime = f"executorch {version_of('executorch') or '?'} (XNNPACK)"
 
     def close(self) -> None:

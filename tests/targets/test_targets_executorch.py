@@ -7,6 +7,7 @@ import importlib.util
 import json
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -366,3 +367,29 @@ def test_cli_build_and_bench_on_the_digits_cnn(digits_assets, tmp_path, edgec_cl
     int8 = runs["executorch-rpi5/int8"]["accuracy"]["per_output"]["output"]
     assert fp32["max_abs_error"] <= 1e-4 and fp32["top1_agreement"] == 100.0
     assert int8["top1_agreement"] >= 99.0 and int8["accuracy_drop"] <= 0.5
+
+
+@needs_executorch
+def test_a_missing_runtime_kernel_is_named(tmp_path):
+    """A program holding an op the runtime has no kernel for (forced past to_edge's core-ATen check) fails to
+    load naming the kernel, which the runtime logs rather than raises."""
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import EdgeCompileConfig, to_edge_transform_and_lower
+
+    from edgec.compiler.errors import InputFileError
+    from edgec.targets.executorch.lower import PteIO
+    from edgec.targets.executorch.runner import ExecuTorchRunner
+
+    exported = torch.export.export(Scan(), (torch.rand(1, 4),))
+    config = EdgeCompileConfig(_core_aten_ops_exception_list=[torch.ops.aten.cumprod.default])
+    path = tmp_path / "m.pte"
+    with warnings.catch_warnings():  # torch's pytree deprecations, inside ExecuTorch
+        warnings.simplefilter("ignore", FutureWarning)
+        lowered = to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()], compile_config=config)
+        path.write_bytes(lowered.to_executorch().buffer)
+    spec = InputSpec((TensorSpec("x", (1, 4)),))
+    io = [PteIO("x", (1, 4), "float32")]
+    with pytest.raises(InputFileError, match="no kernel for aten::cumprod.out") as info:
+        with ExecuTorchRunner(path, spec, io, [PteIO("output", (1, 4), "float32")]):
+            pass
+    assert "rebuild" in info.value.hint
