@@ -406,8 +406,64 @@ class TFLiteSession:
         return out
 
 
+class PteSession:
+    """A .pte file (an ExecuTorch program) in ExecuTorch's Python runtime, ``executorch.runtime``.
+
+    ExecuTorch's Python bindings are built against libtorch and import torch themselves: on a device this
+    needs ``pip install executorch torch`` besides numpy (the C++ runtime needs neither, but has no Python API).
+    The program keeps the spec's layout and float32 I/O at every precision; a batch of several rows runs one
+    row at a time when the program's batch is 1 (the artifact's ``io`` record has its shapes).
+    """
+
+    def __init__(self, path: str, threads: int, io: dict[str, Any] | None = None):
+        import numpy as np
+
+        self._np = np
+        mod, runtime = _import_first([("executorch.runtime", "executorch")], ".pte artifacts")
+        self.runtime = f"{runtime} (XNNPACK)"
+        self._torch = sys.modules["torch"]  # imported by the runtime, which takes and gives torch tensors
+        if threads:
+            from executorch.extension.pybindings import portable_lib
+
+            if portable_lib._threadpool_get_thread_count() != threads:
+                portable_lib._unsafe_reset_threadpool(threads)
+        self._program = mod.Runtime.get().load_program(path)
+        self.method = self._program.load_method("forward")
+        meta = self.method.metadata
+        if io and io.get("inputs") and io.get("outputs"):
+            self.inputs = [(t["name"], t["dtype"]) for t in io["inputs"]]
+            self._shapes = [tuple(t["shape"]) for t in io["inputs"]]
+            self.outputs = [t["name"] for t in io["outputs"]]
+        else:
+            infos = [meta.input_tensor_meta(i) for i in range(meta.num_inputs())]
+            self.inputs = [(f"input_{i}", "") for i in range(len(infos))]
+            self._shapes = [tuple(info.sizes()) for info in infos]
+            self.outputs = [f"output_{i}" for i in range(meta.num_outputs())]
+
+    def _run(self, arrays: list[Any]) -> list[Any]:
+        tensors = [self._torch.from_numpy(self._np.ascontiguousarray(a)) for a in arrays]
+        return [o.numpy() for o in self.method.execute(tensors)]
+
+    def infer(self, feeds: dict[str, Any]) -> list[Any]:
+        np = self._np
+        arrays = [np.asarray(feeds[name]) if name in feeds else np.asarray(list(feeds.values())[k])
+                  for k, (name, _) in enumerate(self.inputs)]
+        arrays = [a.astype(dtype) if dtype and a.dtype.name != dtype else a
+                  for a, (_, dtype) in zip(arrays, self.inputs)]
+        if all(tuple(a.shape) == shape for a, shape in zip(arrays, self._shapes)):
+            return self._run(arrays)
+        rows = arrays[0].shape[0] if arrays and arrays[0].ndim else 0
+        if not all(shape[:1] == (1,) and a.ndim == len(shape) and tuple(a.shape[1:]) == shape[1:]
+                   and a.shape[0] == rows for a, shape in zip(arrays, self._shapes)):
+            want = ", ".join("x".join(map(str, s)) for s in self._shapes)
+            got = ", ".join("x".join(map(str, a.shape)) for a in arrays)
+            raise DeviceRunError(f"the .pte takes inputs {want}, not {got}")
+        per_row = [self._run([a[i:i + 1] for a in arrays]) for i in range(rows)]
+        return [np.concatenate([r[k] for r in per_row]) for k in range(len(self.outputs))]
+
+
 #: Artifact format -> the session class that runs it here.
-SESSIONS: dict[str, Any] = {"onnx": OnnxSession, "tflite": TFLiteSession}
+SESSIONS: dict[str, Any] = {"onnx": OnnxSession, "tflite": TFLiteSession, "pte": PteSession}
 #: Targets whose artifacts share a format with a runtime above but need their own (TensorRT builds its engine).
 UNSUPPORTED_TARGETS = {
     "tensorrt": "needs TensorRT on the device, which the device runner does not drive yet",

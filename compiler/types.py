@@ -36,6 +36,7 @@ class ModelFormat(str, enum.Enum):
     TFLITE = "tflite"
     ENGINE = "engine"
     C_SOURCE = "c-source"
+    PTE = "pte"  # an ExecuTorch program
 
 
 # The dtypes edgec accepts for model inputs, by the names users write.

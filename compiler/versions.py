@@ -11,7 +11,7 @@ from pathlib import Path
 TRACKED = (
     "edgec", "numpy", "torch", "onnx", "onnxruntime", "onnxscript", "onnxslim", "safetensors", "torch-pruning",
     "torchao", "litert-torch", "litert-converter", "ai-edge-quantizer", "ai-edge-litert", "tflite-micro",
-    "ethos-u-vela",
+    "ethos-u-vela", "executorch",
 )
 
 

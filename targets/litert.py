@@ -28,6 +28,9 @@ import numpy as np
 from edgec.compiler.errors import CalibrationError, ConfigError, ExportError, QuantizationError, missing_dependency
 from edgec.compiler.modelio import torchscript_to_exported
 from edgec.compiler.types import CalibrationSet, InputSpec, LayerOutput, Precision, TensorSpec
+from edgec.targets.pt2e import calibration_batches as _calibration_batches
+from edgec.targets.pt2e import pick as _pick
+from edgec.targets.pt2e import sample_args as _sample_args
 
 #: The observers that collect INT8 activation ranges; histogram keeps the full logit range (see FIELD_NOTES).
 OBSERVERS = ("histogram", "minmax")
@@ -92,16 +95,6 @@ class TFLiteModel:
 
 # ----------------------------------------------------------------------------------------------------------
 # Feeding and reading a .tflite file: numpy only.
-
-
-def _pick(feeds: dict[str, Any], name: str, position: int, count: int) -> np.ndarray | None:
-    """The feed named ``name``; else, when ``feeds`` holds ``count`` arrays (one per model input), the one at
-    ``position``; else None."""
-    if name in feeds:
-        return np.asarray(feeds[name])
-    if len(feeds) == count:
-        return np.asarray(list(feeds.values())[position])
-    return None
 
 
 def feeds_to_tflite(ios: list[TFLiteIO], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -535,56 +528,6 @@ def _wrap(module: Any, in_perm: list, out_perm: list) -> Any:
     # Not .eval(): an ExportedProgram's module refuses train(); the wrappers themselves have no training mode.
     wrapper.training = flat.training = False
     return wrapper
-
-
-def _sample_args(spec: InputSpec, in_perm: list) -> tuple:
-    import torch
-
-    args = []
-    for t, perm in zip(spec.inputs, in_perm):
-        shape = t.concrete_shape(1)
-        if np.issubdtype(np.dtype(t.dtype), np.integer):
-            arr = np.zeros(shape, dtype=t.dtype)
-        else:
-            arr = np.random.default_rng(0).random(shape, dtype=np.float32).astype(t.dtype)
-        if perm is not None:
-            arr = arr.transpose(perm)
-        args.append(torch.from_numpy(np.ascontiguousarray(arr)))
-    return tuple(args)
-
-
-def _calibration_batches(spec: InputSpec, calibration: CalibrationSet, in_perm: list) -> Iterator[tuple]:
-    """Calibration samples as model arguments in the .tflite layout, one call per sample (the graph is fixed
-    at the spec's concrete shapes: each input's first axis is its own, a batch of 1 when dynamic or a state's
-    layers when fixed)."""
-    import torch
-
-    names = spec.input_names
-    for k, sample in enumerate(calibration):
-        groups = []
-        for i, t in enumerate(spec.inputs):
-            arr = _pick(sample, t.name, i, len(names))
-            if arr is None:
-                raise CalibrationError(
-                    f"calibration sample {k} has inputs {list(sample)}; the model needs {names}",
-                    hint="name the calibration arrays like the model's inputs",
-                )
-            if arr.ndim != len(t.shape):
-                raise CalibrationError(
-                    f"calibration sample {k}: input '{t.name}' has shape {arr.shape}, the model needs "
-                    f"{t.shape_str()}",
-                    hint="lay calibration data out like the model's input (NCHW for images)",
-                )
-            rows = t.concrete_shape(1)[0] if t.shape else None
-            parts = [arr[j:j + rows] for j in range(0, arr.shape[0] - rows + 1, rows)] if rows else [arr]
-            groups.append(parts)
-        for call in zip(*groups):
-            args = []
-            for part, t, perm in zip(call, spec.inputs, in_perm):
-                if perm is not None:
-                    part = part.transpose(perm)
-                args.append(torch.from_numpy(np.ascontiguousarray(part, dtype=t.dtype)))
-            yield tuple(args)
 
 
 def _module_path(node: Any) -> str | None:

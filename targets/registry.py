@@ -17,6 +17,7 @@ from edgec.compiler.types import Precision
 from edgec.targets.base import Target
 
 BUILTIN: dict[str, str] = {
+    "executorch": "edgec.targets.executorch.target:ExecuTorchTarget",
     "onnxruntime": "edgec.targets.onnxruntime.target:OnnxRuntimeTarget",
     "tensorrt": "edgec.targets.tensorrt.target:TensorRTTarget",
     "tflite": "edgec.targets.tflite.target:TFLiteTarget",
@@ -50,6 +51,8 @@ class Profile:
     aliases: tuple[str, ...] = ()
     options: dict[str, Any] = dataclasses.field(default_factory=dict, hash=False)
     limits: dict[str, Any] = dataclasses.field(default_factory=dict, hash=False)
+    #: precision -> why this device does not take it (said when it is asked for)
+    unsupported: dict[str, str] = dataclasses.field(default_factory=dict, hash=False)
 
     @property
     def folder(self) -> str:
@@ -75,6 +78,7 @@ def profiles() -> dict[str, Profile]:
             aliases=tuple(d.get("aliases", ())),
             options=dict(d.get("options") or {}),
             limits=dict(d.get("limits") or {}),
+            unsupported={str(k): str(v) for k, v in (d.get("unsupported") or {}).items()},
         )
     return found
 

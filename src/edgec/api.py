@@ -83,6 +83,8 @@ def plan_build(recipe: Recipe) -> _Plan:
             if p not in supported:
                 allowed = ", ".join(sorted(x.value for x in supported))
                 hint = f"it supports: {allowed}"
+                if p.value in profile.unsupported:
+                    hint = f"{profile.unsupported[p.value]}; {hint}"
                 if supported == {Precision.INT8}:
                     hint += " (microcontrollers run full-integer models: pass --precision int8 --calib PATH)"
                 raise ConfigError(f"target '{name}' does not support {p.value}", hint=hint)
@@ -309,6 +311,9 @@ def build(recipe: Recipe, report: Reporter = silent_reporter, cache_dir: Path | 
             for art in pipeline.value(stage):
                 target_path = dest / art.path.name
                 shutil.copyfile(art.path, target_path)
+                # Files a target writes beside an artifact and names in its metadata (a bundled program).
+                for companion in art.metadata.get("companions", ()):
+                    shutil.copyfile(art.path.with_name(companion), dest / companion)
                 art.path = target_path
                 art.metadata = {**art.metadata, "profile": build_.folder, "verification": record}
                 artifacts.append(art)
