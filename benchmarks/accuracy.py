@@ -234,6 +234,7 @@ def compare_outputs(
     output_names: list[str] | None = None,
     reference_name: str = "",
     tasks: list[Any] | None = None,
+    temperatures: dict[str, float] | None = None,
 ) -> AccuracyReport:
     """Compare a candidate's outputs with the reference's, sample by sample.
 
@@ -245,6 +246,8 @@ def compare_outputs(
         reference_name: what the reference is, recorded in the report.
         tasks: each output's ``OutputTask`` (from the build's manifest); default: inferred from the outputs'
             shapes. Every output is also scored in its task's terms (``edgec.benchmarks.metrics``).
+        temperatures: output -> the temperature the build fitted (--calibrate-confidence); with labels, the
+            classification figures add the ECE after it (``ece_calibrated``).
     """
     if len(reference) != len(candidate):
         raise ValueError(f"{len(reference)} reference samples but {len(candidate)} candidate samples")
@@ -266,6 +269,16 @@ def compare_outputs(
         per_output[name] = _compare_one(name, ref, cand, label_arr, is_primary)
         seen_classification = seen_classification or per_output[name].classification
     scored = _task_metrics(reference, candidate, names, label_arr, tasks)
+    for name, temperature in (temperatures or {}).items():
+        m = scored.get(name)
+        if m is not None and m.task == "classification" and "ece" in m.figures:
+            from edgec.benchmarks.metrics import ece_at_temperature
+
+            task = next(t for t in tasks or () if t.output == name) if tasks else None
+            if task is not None:
+                m.figures["temperature"] = float(temperature)
+                m.figures["ece_calibrated"] = ece_at_temperature(task, [c[name] for c in candidate], label_arr,
+                                                                 temperature)
     return AccuracyReport(per_output=per_output, samples=len(reference), reference=reference_name, tasks=scored)
 
 

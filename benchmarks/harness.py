@@ -340,6 +340,7 @@ def score_runs(
         runs[i].accuracy = compare_outputs(
             ref_outs, _rename(outputs[i], mapping), labels=label_arr, output_names=ref_names,
             reference_name=ref_name, tasks=artifact_tasks(artifact),
+            temperatures={k: c["temperature"] for k, c in (artifact.metadata.get("confidence") or {}).items()},
         )
     return described
 

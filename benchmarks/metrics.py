@@ -728,3 +728,30 @@ _SCORERS = {
     "sequence": _sequence,
     GENERIC: _generic,
 }
+
+
+def confidence_calibration(
+    task: OutputTask, fit: Sequence[np.ndarray], fit_labels: Any, held: Sequence[np.ndarray], held_labels: Any,
+    reference_held: Sequence[np.ndarray],
+) -> dict[str, float]:
+    """Temperature scaling of one classification output: T fitted on ``fit`` (NLL, see ``fit_temperature``),
+    judged on the ``held`` samples it never saw: the candidate's ECE before and after T, and the reference's."""
+    probs = task.option("probabilities")
+    rows = _rows(task, [np.asarray(a, np.float64) for a in fit])
+    y = _int_labels(task, fit_labels, len(rows), rows.shape[1])
+    temperature = fit_temperature(rows, y, probs)
+    held_rows = _rows(task, [np.asarray(a, np.float64) for a in held])
+    held_y = _int_labels(task, held_labels, len(held_rows), held_rows.shape[1])
+    before, _ = ece(_probabilities(held_rows, probs), held_y)
+    after, _ = ece(pp.apply_temperature(held_rows, temperature, probs, axis=-1), held_y)
+    reference, _ = ece(_probabilities(_rows(task, [np.asarray(a, np.float64) for a in reference_held]), probs),
+                       held_y)
+    return {"temperature": float(temperature), "ece_before": float(before), "ece_after": float(after),
+            "reference_ece": float(reference), "fit_rows": int(len(rows)), "held_rows": int(len(held_rows))}
+
+
+def ece_at_temperature(task: OutputTask, candidate: Sequence[np.ndarray], labels: Any, temperature: float) -> float:
+    """The ECE of a classification output after its temperature (what runners that apply T report)."""
+    rows = _rows(task, [np.asarray(a, np.float64) for a in candidate])
+    y = _int_labels(task, labels, len(rows), rows.shape[1])
+    return ece(pp.apply_temperature(rows, temperature, task.option("probabilities"), axis=-1), y)[0]

@@ -112,6 +112,13 @@ def plan_build(recipe: Recipe) -> _Plan:
         )
     inputs = tuple(TensorSpec.parse(s) for s in recipe.inputs)
     criterion = _plan_compression(recipe, checkpoint)
+    if recipe.calibrate_confidence and not (recipe.verify and recipe.verify_labels):
+        raise ConfigError(
+            "--calibrate-confidence fits temperatures on labelled held-out data",
+            hint="pass --verify-labels (labels of --verify-data, or of --calib), and keep verification on",
+        )
+    if recipe.verify_labels and not (recipe.verify_data or recipe.calib):
+        raise ConfigError("--verify-labels needs the data they label", hint="pass --verify-data or --calib")
     from edgec.benchmarks.verify import Budget
 
     budget = Budget(recipe.max_accuracy_drop, recipe.min_cosine)
@@ -315,7 +322,7 @@ def build(recipe: Recipe, report: Reporter = silent_reporter, cache_dir: Path | 
                 for companion in art.metadata.get("companions", ()):
                     shutil.copyfile(art.path.with_name(companion), dest / companion)
                 art.path = target_path
-                art.metadata = {**art.metadata, "profile": build_.folder, "verification": record}
+                art.metadata = {**art.metadata, "profile": build_.folder, **record}
                 artifacts.append(art)
         for profile, target in {p.folder: t for p, t, _ in plan.builds}.items():
             folder = partial / profile
@@ -380,14 +387,26 @@ def _tasks(recipe: Recipe, onnx_model: Any, held: Any, report: Reporter) -> list
 
 
 def _verify(pipeline: Any, recipe: Recipe, plan: _Plan, builds: list[Any], onnx_model: Any, held: Any,
-            tasks: list[Any], report: Reporter) -> list[tuple[str, dict[str, Any] | str]]:
-    """Per build, the pipeline value holding the artifacts to ship and their verification record."""
+            tasks: list[Any], report: Reporter) -> list[tuple[str, dict[str, Any]]]:
+    """Per build, the pipeline value holding the artifacts to ship, and what their metadata gains: the
+    verification record, and with --calibrate-confidence the temperatures."""
     from edgec.verification import Verifier
 
     if held is None:  # --no-verify, or only FP32 was built
-        return [(b.stage, "reference" if b.precision == Precision.FP32 else "skipped (--no-verify)") for b in builds]
+        return [(b.stage, {"verification": "reference" if b.precision == Precision.FP32 else "skipped (--no-verify)"})
+                for b in builds]
     verifier = Verifier(pipeline, onnx_model, held, tasks, plan.budget, report, fallback=recipe.fallback)
-    return [verifier.verify(b) if b.precision != Precision.FP32 else (b.stage, "reference") for b in builds]
+    shipped = []
+    for b in builds:
+        stage, record = verifier.verify(b) if b.precision != Precision.FP32 else (b.stage, "reference")
+        extra: dict[str, Any] = {"verification": record}
+        if recipe.calibrate_confidence:
+            extra["confidence"] = verifier.confidence(None if b.precision == Precision.FP32 else stage)
+            for name, c in extra["confidence"].items():
+                report(f"[confidence] {b.folder}/{b.precision.value} {name}: T = {c['temperature']:.3f}, ECE "
+                       f"{c['ece_before']:.4f} -> {c['ece_after']:.4f} (FP32 {c['reference_ece']:.4f})")
+        shipped.append((stage, extra))
+    return shipped
 
 
 def _manifest(recipe, plan, ckpt_sha, fmt, onnx_model, calibration, pipeline, artifacts, root) -> dict[str, Any]:

@@ -101,6 +101,7 @@ class Verifier:
         self.fallback = fallback
         self._reference: list[dict[str, np.ndarray]] | None = None
         self._ranking: list[Any] | None = None
+        self._outputs: dict[str, list[dict[str, np.ndarray]]] = {}  # artifact name -> outputs, last verified
 
     # ---- the pieces
 
@@ -115,13 +116,37 @@ class Verifier:
             self._reference = run_outputs(fp32, self.held.samples)[0]
         return self._reference
 
-    def verdict(self, artifact: Artifact) -> Verdict:
+    def verdict(self, artifact: Artifact, stage: str) -> Verdict:
         from edgec.benchmarks.harness import run_outputs
 
         names = list(self.reference[0])
         outputs = run_outputs(artifact, self.held.samples, output_names=names)[0]
+        self._outputs[stage] = outputs
         return judge(artifact.name, self.tasks, self.reference, outputs, self.budget, data=self.held.description,
                      labels=self.held.labels)
+
+    def confidence(self, stage: str | None) -> dict[str, Any]:
+        """Per classification output, a temperature fitted on half of the labelled held-out samples and the ECE
+        it gives on the other half, for the artifacts verified as ``stage`` (None: the FP32 reference)."""
+        from edgec.benchmarks.metrics import confidence_calibration
+
+        outputs = self.reference if stage is None else self._outputs[stage]
+        labels = np.asarray(self.held.labels)
+        fit, held = list(range(0, len(outputs), 2)), list(range(1, len(outputs), 2))
+        per_sample = len(labels) // len(outputs)  # label rows per sample (a batched sample has several)
+
+        def rows(idx: list[int]) -> np.ndarray:
+            return np.concatenate([labels[i * per_sample:(i + 1) * per_sample] for i in idx])
+
+        found = {}
+        for task in self.tasks:
+            if task.task != "classification":
+                continue
+            found[task.output] = confidence_calibration(
+                task, [outputs[i][task.output] for i in fit], rows(fit), [outputs[i][task.output] for i in held],
+                rows(held), [self.reference[i][task.output] for i in held],
+            )
+        return found
 
     def ranking(self, artifact: Artifact) -> list[Any]:
         """The layers of the FP32 export by the error quantizing them adds, worst first: measured on the artifact
@@ -151,7 +176,7 @@ class Verifier:
         """Verify one build; returns the pipeline value holding the artifacts to ship (a fallback's, when one
         was needed) and the record for their metadata. Raises VerificationFailed when nothing passes."""
         (artifact,) = self.pipeline.value(build.stage)[:1]
-        verdict = self.verdict(artifact)
+        verdict = self.verdict(artifact, build.stage)
         self.report(f"[verify] {verdict.line()}")
         record: dict[str, Any] = {**verdict.to_dict(), "budget": self.budget.to_dict()}
         if verdict.passed:
@@ -190,7 +215,7 @@ class Verifier:
             self.report(f"[fallback] {build.folder}/{build.precision.value}: keeping {len(keep)} layer(s) in "
                         f"higher precision ({', '.join(keep[:4])}{', ...' if len(keep) > 4 else ''})")
             (artifact,) = self.pipeline.value(name)[:1]
-            result = self.verdict(artifact)
+            result = self.verdict(artifact, name)
             self.report(f"[verify] {result.line()}")
             seen[variant] = (result, name)
             return seen[variant]

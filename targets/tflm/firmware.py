@@ -54,6 +54,8 @@ class Settings:
     ops: list[str]  # ops of the embedded model, in execution order
     npu: str | None = None
     figures: dict[str, Any] = dataclasses.field(default_factory=dict)  # shown in the README
+    #: output name -> temperature fitted by --calibrate-confidence (probabilities = softmax(logits / T))
+    temperatures: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 def c_identifier(name: str) -> str:
@@ -127,6 +129,11 @@ def render_settings_h(settings: Settings) -> str:
         lines += _tensor_block("Input", i, io)
     for i, io in enumerate(settings.outputs):
         lines += _tensor_block("Output", i, io)
+        if io["name"] in settings.temperatures:
+            lines[-1:-1] = [
+                f"// Confidence calibration: divide output {i}'s dequantized logits by this before the softmax.",
+                f"constexpr float kOutput{i}Temperature = {settings.temperatures[io['name']]:.6g}f;",
+            ]
     lines += ["#endif  // EDGEC_MODEL_SETTINGS_H_", ""]
     return "\n".join(lines)
 

@@ -137,6 +137,7 @@ def _settings(meta: dict[str, Any], model_file: str, model: bytes) -> firmware.S
         ops=ops.model_ops(model),
         npu=meta["board"].get("npu"),
         figures=figures,
+        temperatures={name: c["temperature"] for name, c in (meta.get("confidence") or {}).items()},
     )
 
 

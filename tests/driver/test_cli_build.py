@@ -52,7 +52,9 @@ def test_build_writes_artifacts_and_manifest(built, digits_assets):
     assert manifest["export"]["exporter"] == "dynamo"
     assert manifest["export"]["max_abs_diff"] < 1e-4
     assert manifest["export"]["against"] == "calibration samples"
-    assert manifest["calibration"]["samples"] == 200 and len(manifest["calibration"]["sha256"]) == 64
+    # 200 samples given: a seeded 20% (40) is held out to verify the INT8 build, the other 160 calibrate
+    assert manifest["calibration"]["samples"] == 160 and len(manifest["calibration"]["sha256"]) == 64
+    assert manifest["verification"]["samples"] == 40 and not manifest["verification"]["also_calibration"]
     assert {"torch", "onnx", "onnxruntime", "python"} <= set(manifest["tool_versions"])
     assert manifest["recipe"]["precision"] == ["fp32", "fp16", "int8"]
     assert manifest["checkpoint"]["sha256"] == sha256_file(digits_assets["checkpoint"])
