@@ -13,7 +13,7 @@ from edgec.benchmarks.device import MemorySampler, timed_loop
 from edgec.compiler.errors import CalibrationError, ConfigError
 from edgec.compiler.types import Feeds
 
-__all__ = ["LatencyStats", "MemorySampler", "batch_size", "measure_latency", "percentile", "summarize"]
+__all__ = ["LatencyStats", "MemorySampler", "batch_size", "measure_latency", "percentile", "side_by_side", "summarize"]
 from edgec.targets.base import Runner
 
 DEFAULT_ITERATIONS = 100
@@ -134,3 +134,35 @@ def measure_latency(
         min_iterations=min_iterations,
     )
     return summarize(latencies, batch=batch_size(feeds_list[0]), warmup=warmup)
+
+
+def side_by_side(calls: dict[str, Any], feeds: dict[str, Feeds], budget_s: float = 0.6,
+                 block_s: float = 0.002) -> tuple[dict[str, float], int]:
+    """Median per-call milliseconds of each of ``calls`` (name -> the runtime's call), timed in alternating
+    blocks of about ``block_s`` each within ``budget_s`` seconds in all, with ``feeds[name]`` as its input; and the
+    number of blocks a side. Alternating blocks of a few milliseconds compare the calls in the same machine state
+    (a shared machine switches between fast and slow states every second or so; whole runs would compare those)."""
+    import time
+
+    clock = time.perf_counter_ns
+    names = list(calls)
+    per_call = {}
+    for name in names:  # warm up, and size the blocks
+        for _ in range(3):
+            calls[name](feeds[name])
+        t0 = clock()
+        calls[name](feeds[name])
+        per_call[name] = max((clock() - t0) / 1e9, 1e-7)
+    sizes = {n: max(1, min(50, round(block_s / per_call[n]))) for n in names}
+    block_cost = sum(sizes[n] * per_call[n] for n in names)
+    blocks = max(6, min(500, int(budget_s / block_cost)))
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for block in range(blocks):
+        order = names if block % 2 == 0 else names[::-1]
+        for name in order:
+            call, x = calls[name], feeds[name]
+            for _ in range(sizes[name]):
+                t0 = clock()
+                call(x)
+                times[name].append((clock() - t0) / 1e6)
+    return {n: statistics.median(t) for n, t in times.items()}, blocks

@@ -137,7 +137,21 @@ def kernel_counts(model: Any) -> dict[str, int]:
     """Int8 and float compute kernels in an (optimized) ONNX graph, whatever their domain."""
     int8 = sum(1 for n in model.graph.node if n.op_type in INT8_KERNELS)
     flt = [n for n in model.graph.node if n.op_type in FLOAT_COMPUTE]
-    return {"int8": int8, "float": len(flt), "float_nodes": [n.name or n.op_type for n in flt]}
+    # Ops the runtime left in float between a DequantizeLinear and a QuantizeLinear (a PReLU it has no int8
+    # kernel for): each costs a dequantize and a quantize on top of its float work.
+    producer = {o: n.op_type for n in model.graph.node for o in n.output}
+    consumers: dict[str, list[str]] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n.op_type)
+    requantized = [
+        n.name or n.op_type for n in model.graph.node
+        if n.op_type not in ("QuantizeLinear", "DequantizeLinear")
+        and any(producer.get(i) == "DequantizeLinear" for i in n.input)
+        and any(c == "QuantizeLinear" for o in n.output for c in consumers.get(o, []))
+    ]
+    return {"int8": int8, "float": len(flt), "float_nodes": [n.name or n.op_type for n in flt],
+            "requantized": len(requantized), "requantized_nodes": requantized[:20]}
 
 
 def topological_sort(model: Any) -> None:

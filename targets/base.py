@@ -106,6 +106,9 @@ class Target(abc.ABC):
     Options: ClassVar[type] = NoOptions
     #: Packages whose versions change what ``build`` writes (part of the build cache key).
     tools: ClassVar[tuple[str, ...]] = ()
+    #: Its artifacts run on the build host as they will where they are deployed (an x86 CPU runtime), so the
+    #: build can time them against FP32; other targets' latency is the device's (``edgec bench --remote``).
+    timed_on_host: ClassVar[bool] = False
 
     def __init__(self, options: Any = None):
         self.options = options if options is not None else self.Options()

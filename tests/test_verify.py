@@ -183,3 +183,88 @@ def test_calibrate_confidence_lowers_ece_and_reaches_the_firmware(cli, overconfi
 def test_calibrate_confidence_needs_labels(cli, nets):
     done, _ = _build(cli, nets, "plain", "cpu", "--calibrate-confidence")
     assert done.returncode == 2 and "--verify-labels" in done.stderr
+
+
+# ---- 13.4: never slower than FP32 without saying so
+
+
+def _onet(folder):
+    """MTCNN's ONet shape (48x48, PReLU after every conv) with calibration crops of scikit-image's photos: ONNX
+    Runtime has no int8 PReLU, so its INT8 file dequantizes and requantizes around each one."""
+    import sys
+    from pathlib import Path
+
+    import torch
+    from skimage import data
+    from skimage.transform import resize
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from zoo import CascadeONet
+
+    torch.manual_seed(0)
+    torch.export.save(torch.export.export(CascadeONet().eval(), (torch.zeros(1, 3, 48, 48),)), str(folder / "o.pt2"))
+    rng = np.random.default_rng(0)
+    photos = [data.astronaut(), data.chelsea(), data.coffee(), data.rocket()]
+    crops = []
+    for i in range(40):
+        im = photos[i % 4]
+        s = int(rng.integers(48, min(im.shape[:2]) // 2))
+        y, x = (int(rng.integers(0, d - s)) for d in im.shape[:2])
+        crops.append(resize(im[y:y + s, x:x + s], (48, 48)).transpose(2, 0, 1).astype(np.float32))
+    np.savez(folder / "calib.npz", x=np.stack(crops))
+
+
+def test_latency_against_fp32_is_measured_and_said(nets, tmp_path):
+    from cliutil import run_edgec
+
+    out = tmp_path / "b"
+    done = run_edgec("build", nets / "plain.pt2", "--target", "cpu", "-p", "fp32", "-p", "fp16", "-p", "int8",
+                     "--calib", nets / "calib.npz", "--out", out, env={"EDGEC_CACHE_DIR": str(tmp_path / "c")})
+    assert done.returncode == 0, done.stderr
+    arts = {a["precision"]: a for a in json.loads((out / "manifest.json").read_text())["artifacts"]}
+    for precision in ("fp16", "int8"):
+        lat = arts[precision]["metadata"]["latency_check"]
+        assert lat["fp32_ms"] > 0 and lat["ms"] > 0 and lat["threads"] == 1
+        assert lat["ratio"] == pytest.approx(lat["ms"] / lat["fp32_ms"], rel=0.01)
+        line = next(x for x in done.stderr.splitlines() if x.startswith(f"[latency] cpu/{precision}:"))
+        assert f"{lat['ratio']:.2f}x the FP32 latency" in line and lat["host"] in line
+        # slower than FP32 is never left unsaid: in the progress and in the summary (which -q keeps)
+        slower = lat["ratio"] > 1.03
+        assert ("slower than FP32" in line) == lat.get("slower_than_fp32", False) == slower
+        summary = done.stdout.split(f"model.{precision}.onnx", 1)[1]
+        assert f"latency {lat['ratio']:.2f}x FP32 ({lat['host']}" in summary
+        assert ("slower than FP32 on this host" in summary.splitlines()[2]) == slower
+    assert "latency_check" not in arts["fp32"]["metadata"]
+
+
+def test_latency_is_not_checked_where_the_host_is_not_the_device(cli, nets):
+    done, _ = _build(cli, nets, "plain", "rpi5")  # LiteRT on this x86 host says nothing of a Raspberry Pi
+    assert done.returncode == 0, done.stderr
+    (art,) = [a for a in json.loads(done.stdout)["artifacts"] if a["precision"] == "int8"]
+    assert "latency_check" not in art["metadata"]
+
+
+def test_an_int8_slower_than_fp32_tries_its_requantized_ops_in_float(tmp_path, monkeypatch):
+    from edgec import api, verification
+    from edgec.recipe import Recipe
+
+    _onet(tmp_path)
+    monkeypatch.setattr(verification, "SLOWER", 0.0)  # every INT8 artifact counts as slower than FP32
+    lines: list[str] = []
+    result = api.build(Recipe(checkpoint=str(tmp_path / "o.pt2"), target=["cpu"], precision=["fp32", "int8"],
+                              calib=str(tmp_path / "calib.npz"), out=str(tmp_path / "b")), report=lines.append,
+                       cache_dir=tmp_path / "cache")
+    (int8,) = [a for a in result.manifest["artifacts"] if a["precision"] == "int8"]
+    lat = int8["metadata"]["latency_check"]
+    # The variant: the PReLUs ONNX Runtime dequantizes and requantizes around, and the layers feeding them, in
+    # float; built, verified within budget, and timed beside FP32 and the first try.
+    variant = lat["float_islands"]
+    assert {"node_prelu", "node_conv2d", "node_prelu_4", "node_linear"} <= set(variant["kept_float"])
+    assert variant["ms"] > 0 and variant["ratio"] == pytest.approx(variant["ms"] / lat["fp32_ms"], rel=0.01)
+    said = next(x for x in lines if x.startswith("[latency] cpu/int8"))
+    if lat.get("chosen") == "float-islands":
+        assert "shipping that" in said and int8["metadata"]["fusion"]["requantized"] == 0
+        assert int8["metadata"]["verification"]["passed"]
+    else:
+        assert int8["metadata"]["fusion"]["requantized"] == 5  # the PReLUs, as built
+        assert f"requantizes around in float: {variant['ratio']:.2f}x" in said

@@ -389,7 +389,8 @@ def _tasks(recipe: Recipe, onnx_model: Any, held: Any, report: Reporter) -> list
 def _verify(pipeline: Any, recipe: Recipe, plan: _Plan, builds: list[Any], onnx_model: Any, held: Any,
             tasks: list[Any], report: Reporter) -> list[tuple[str, dict[str, Any]]]:
     """Per build, the pipeline value holding the artifacts to ship, and what their metadata gains: the
-    verification record, and with --calibrate-confidence the temperatures."""
+    verification record, the latency against FP32 where the target runs on this host, and with
+    --calibrate-confidence the temperatures."""
     from edgec.verification import Verifier
 
     if held is None:  # --no-verify, or only FP32 was built
@@ -400,6 +401,9 @@ def _verify(pipeline: Any, recipe: Recipe, plan: _Plan, builds: list[Any], onnx_
     for b in builds:
         stage, record = verifier.verify(b) if b.precision != Precision.FP32 else (b.stage, "reference")
         extra: dict[str, Any] = {"verification": record}
+        if b.precision != Precision.FP32 and b.target.timed_on_host:
+            stage, extra["latency_check"], variant = verifier.check_latency(b, stage)
+            extra["verification"] = variant or record
         if recipe.calibrate_confidence:
             extra["confidence"] = verifier.confidence(None if b.precision == Precision.FP32 else stage)
             for name, c in extra["confidence"].items():

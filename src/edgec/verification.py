@@ -34,6 +34,12 @@ HOLDOUT_MIN, HOLDOUT_MAX = 4, 64
 MIN_TO_SPLIT = 10
 #: Samples of random inputs when there is no data at all (an FP16-only build without --calib).
 RANDOM_SAMPLES = 8
+#: An artifact is "slower than FP32" above this latency ratio (timing on a shared machine is noisy by a few %).
+SLOWER = 1.03
+#: A faster variant ships only when it beats the artifact by this share.
+MARGIN = 0.05
+#: Seconds of side-by-side timing a latency check spends.
+LATENCY_BUDGET_S = 0.6
 
 
 @dataclasses.dataclass
@@ -234,6 +240,105 @@ class Verifier:
         final = found.verdict
         return found.outcome, {**final.to_dict(), "budget": self.budget.to_dict(), "before_fallback":
                                verdict.to_dict(), "fallback": record["fallback"]}
+
+    # ---- latency: never slower than FP32 without saying so
+
+    def check_latency(self, build: Build, stage: str) -> tuple[str, dict[str, Any], dict[str, Any] | None]:
+        """Time the verified artifact against the FP32 export on its runtime, side by side, where the target's
+        runtime is this host's. An INT8 artifact slower than FP32 whose runtime left ops between a dequantize and a
+        quantize (a PReLU ONNX Runtime has no int8 kernel for) gets one more try with those ops and the weighted
+        layers feeding them in float: the requantization can cost more than the int8 kernels save. That variant
+        ships when it is within budget and faster. Either way, an artifact that stays slower than FP32 is said so.
+        Returns the value to ship, the record for its metadata, and the verification record of the variant when
+        that ships (else None)."""
+        from edgec.targets.onnxruntime.target import host_int8_isa
+
+        (artifact,) = self.pipeline.value(stage)[:1]
+        fp32 = Artifact(self.onnx_model.path, ModelFormat.ONNX, Precision.FP32, build.target.name,
+                        artifact.spec)
+        rows = {"fp32": fp32, "built": artifact}
+        times, blocks = self._time(build.target, rows)
+        ratio = times["built"] / times["fp32"]
+        record: dict[str, Any] = {"fp32_ms": round(times["fp32"], 4), "ms": round(times["built"], 4),
+                                  "ratio": round(ratio, 3), "host": host_int8_isa(), "threads": 1,
+                                  "method": f"side by side, {blocks} alternating blocks a side"}
+        name = f"{build.folder}/{build.precision.value}"
+        verification = None
+        requantized = (artifact.metadata.get("fusion") or {}).get("requantized_nodes") or []
+        if ratio > SLOWER and build.precision == Precision.INT8 and requantized:
+            variant = self._unrequantized(build, stage, artifact, requantized)
+            if variant is not None:
+                v_stage, v_artifact, v_verdict = variant
+                rows["float-islands"] = v_artifact
+                times, blocks = self._time(build.target, rows)
+                ratio = times["built"] / times["fp32"]
+                v_ratio = times["float-islands"] / times["fp32"]
+                record.update(fp32_ms=round(times["fp32"], 4), ms=round(times["built"], 4), ratio=round(ratio, 3),
+                              method=f"side by side, {blocks} alternating blocks a side",
+                              float_islands={"ms": round(times["float-islands"], 4), "ratio": round(v_ratio, 3),
+                                                 "kept_float": v_artifact.metadata.get("kept_float", [])})
+                if v_ratio < ratio * (1 - MARGIN):
+                    self.report(f"[latency] {name}: {ratio:.2f}x FP32 as built, {v_ratio:.2f}x with the ops it requantizes "
+                                "around and their layers in float (within budget): shipping that")
+                    record.update(ms=record["float_islands"]["ms"], ratio=round(v_ratio, 3), chosen="float-islands")
+                    stage, ratio = v_stage, v_ratio
+                    verification = {**v_verdict.to_dict(), "budget": self.budget.to_dict()}
+        if ratio > SLOWER:
+            record["slower_than_fp32"] = True
+            tried = record.get("float_islands")
+            also = (f" (with the ops it requantizes around in float: {tried['ratio']:.2f}x)"
+                    if tried and record.get("chosen") != "float-islands" else "")
+            self.report(f"[latency] {name}: {ratio:.2f}x the FP32 latency on this host ({record['host']}, 1 thread)"
+                        f"{also}: {build.precision.value.upper()} is slower than FP32 here; build -p fp32 for this "
+                        "target if latency matters more than size")
+        else:
+            self.report(f"[latency] {name}: {ratio:.2f}x the FP32 latency on this host ({record['host']}, 1 thread)")
+        return stage, record, verification
+
+    def _time(self, target: Any, rows: dict[str, Artifact]) -> tuple[dict[str, float], int]:
+        import contextlib
+
+        from edgec.benchmarks.harness import _adapt_feeds
+        from edgec.benchmarks.latency import side_by_side, timed_call
+
+        with contextlib.ExitStack() as stack:
+            calls, feeds = {}, {}
+            for key, art in rows.items():
+                runner = stack.enter_context(target.open(art, 1))
+                calls[key] = timed_call(runner)
+                feeds[key] = _adapt_feeds(self.held.samples[0], runner.input_specs(), art.spec)
+            return side_by_side(calls, feeds, budget_s=LATENCY_BUDGET_S)
+
+    def _unrequantized(self, build: Build, stage: str, artifact: Artifact,
+                       requantized: list[str]) -> tuple[str, Artifact, Verdict] | None:
+        """The INT8 build again with the ops the runtime requantizes around (``requantized``, its fusion report's
+        nodes) and the weighted layers feeding them kept in float, when that differs from the artifact and passes
+        its budget; else None."""
+        import onnx
+
+        from edgec.compiler.onnxutil import graph_structure
+        from edgec.compiler.stages.target import TargetStage
+
+        model = onnx.load(str(self.onnx_model.path), load_external_data=False)
+        producer = {o: n.name for n in model.graph.node for o in n.output}
+        weighted = set(graph_structure(model).weighted)
+        names = {n.name: n for n in model.graph.node}
+        keep = {n for n in requantized if n in names}
+        keep |= {producer[i] for n in list(keep) for i in names[n].input if producer.get(i) in weighted}
+        target = build.target.keep_in_higher_precision(sorted(keep))
+        if target is None or not keep:
+            return None
+        name = self.pipeline.add(TargetStage(target, build.folder, build.precision, source=self._source_name(build),
+                                             variant="unrequantized-" + hash_key(stage)[:8]))
+        (variant,) = self.pipeline.value(name)[:1]
+        if variant.sha256 == artifact.sha256:
+            return None
+        verdict = self.verdict(variant, name)
+        if not verdict.passed:
+            self.report(f"[latency] {build.folder}/{build.precision.value}: with {len(keep)} layer(s) in float it "
+                        f"is over budget ({'; '.join(verdict.breaches)})")
+            return None
+        return name, variant, verdict
 
     def _source_name(self, build: Build) -> str:
         return self.pipeline.producer(build.stage).source

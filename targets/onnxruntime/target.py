@@ -55,22 +55,37 @@ class OnnxRuntimeOptions:
     )
 
 
-def host_has_vnni() -> bool | None:
-    """Whether this machine's CPU has VNNI dot-product instructions; None when it cannot tell."""
+def _x86_flags() -> set[str] | None:
+    """The CPU flags of an x86 machine; None off x86 or when they cannot be read."""
     import platform
 
-    machine = platform.machine().lower()
-    if machine not in ("x86_64", "amd64", "i686", "x86"):
+    if platform.machine().lower() not in ("x86_64", "amd64", "i686", "x86"):
         return None
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
                 if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool(flags & {"avx512_vnni", "avx_vnni"})
+                    return set(line.split(":", 1)[1].split())
     except OSError:
         pass
     return None
+
+
+def host_has_vnni() -> bool | None:
+    """Whether this machine's CPU has VNNI dot-product instructions; None when it cannot tell."""
+    flags = _x86_flags()
+    return None if flags is None else bool(flags & {"avx512_vnni", "avx_vnni"})
+
+
+def host_int8_isa() -> str:
+    """What ONNX Runtime's INT8 kernels run on here, for figures: "AVX512-VNNI", "AVX2 without VNNI", ..."""
+    import platform
+
+    flags = _x86_flags()
+    if flags is None:
+        return platform.machine() or "unknown CPU"
+    vnni = [name for flag, name in (("avx512_vnni", "AVX512-VNNI"), ("avx_vnni", "AVX-VNNI")) if flag in flags]
+    return " and ".join(vnni) or ("AVX2 without VNNI" if "avx2" in flags else "x86 without AVX2")
 
 
 def resolve_reduce_range(value: bool | str) -> tuple[bool, str]:
@@ -101,6 +116,7 @@ def fusion_report(path: Path) -> dict[str, Any]:
 
 class OnnxRuntimeTarget(Target):
     name = "onnxruntime"
+    timed_on_host = True
     consumes = ModelFormat.ONNX
     precisions = frozenset({Precision.FP32, Precision.FP16, Precision.INT8})
     Options = OnnxRuntimeOptions

@@ -89,6 +89,12 @@ def build(ctx: click.Context, checkpoint: Path | None, config: Path | None, cach
                 note += f" (left in float: {', '.join(fusion['float_nodes'][:5])})"
         click.echo(f"{art.path.relative_to(result.out)}  {art.path.stat().st_size / 1024:.1f} KiB{note}")
         click.echo(f"  {_verification_line(art.metadata.get('verification'))}")
+        latency = art.metadata.get("latency_check")
+        if latency:
+            slower = ": slower than FP32 on this host" if latency.get("slower_than_fp32") else ""
+            variant = (f", {len(latency['float_islands']['kept_float'])} layer(s) kept in float for speed"
+                       if latency.get("chosen") == "float-islands" else "")
+            click.echo(f"  latency {latency['ratio']:.2f}x FP32 ({latency['host']}, 1 thread{variant}){slower}")
         for name, shapes in art.metadata.get("optimization_profile", {}).items():
             sources = art.metadata.get("profile_sources", {}).get(name, [])
             derived = sorted({s for s in sources if s != "fixed"})
