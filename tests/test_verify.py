@@ -268,3 +268,34 @@ def test_an_int8_slower_than_fp32_tries_its_requantized_ops_in_float(tmp_path, m
     else:
         assert int8["metadata"]["fusion"]["requantized"] == 5  # the PReLUs, as built
         assert f"requantizes around in float: {variant['ratio']:.2f}x" in said
+
+
+# ---- 13.5: is the calibration set representative?
+
+
+def test_calibration_coverage_is_measured_on_the_held_out_samples(cli, nets, tmp_path):
+    done, _ = _build(cli, nets, "plain", "cpu")
+    coverage = json.loads(done.stdout)["calibration"]["representativeness"]
+    assert coverage["tensors_checked"] >= 5 and coverage["flagged"] == [] and coverage["warnings"] == []
+    assert all(0 <= t["clipped"] <= 0.01 for t in coverage["worst"])
+    # Calibrated on digits at a third of their brightness, verified on real ones: ranges too narrow.
+    with np.load(nets / "calib.npz") as f:
+        np.savez(tmp_path / "dim.npz", x=f["x"] / 3)
+    done = cli("build", nets / "plain.pt2", "--target", "cpu", "-p", "int8", "--calib", tmp_path / "dim.npz",
+               "--verify-data", nets / "other.npz", "--out", tmp_path / "b", "--json", "-", "--no-verify")
+    assert done.returncode == 0, done.stderr
+    manifest = json.loads(done.stdout)
+    assert manifest["verification"] == "skipped (--no-verify)" and "representativeness" not in manifest["calibration"]
+    from cliutil import run_edgec
+
+    done = run_edgec("build", nets / "plain.pt2", "--target", "cpu", "-p", "int8", "--calib", tmp_path / "dim.npz",
+                     "--verify-data", nets / "other.npz", "--out", tmp_path / "b", "--calib-samples", "12",
+                     "--no-fallback", env={"EDGEC_CACHE_DIR": str(tmp_path / "c")})
+    coverage = json.loads((tmp_path / "b" / "manifest.json").read_text())["calibration"]["representativeness"] \
+        if done.returncode == 0 else None
+    warnings = [x for x in done.stderr.splitlines() if x.startswith("warning: ")]
+    assert any("only 12 calibration samples" in w for w in warnings), done.stderr
+    assert any("clip more than 1% of their values" in w and "'x'" in w for w in warnings), done.stderr
+    assert any(w.startswith("warning: input 'x': --verify-data") for w in warnings), done.stderr
+    if coverage is not None:  # the build may also fail its accuracy budget (exit 4): the warnings came first
+        assert "x" in coverage["flagged"] and coverage["input_shift_sd"]["x"] > 0.5

@@ -308,6 +308,7 @@ def build(recipe: Recipe, report: Reporter = silent_reporter, cache_dir: Path | 
             for profile, target, p in plan.builds
         ]
         pipeline.run(checks + [b.stage for b in builds])
+        coverage = _representativeness(pipeline, recipe, plan, onnx_model, calibration, held, report)
         shipped = _verify(pipeline, recipe, plan, builds, onnx_model, held, tasks, report)
 
         partial.mkdir()
@@ -330,6 +331,8 @@ def build(recipe: Recipe, report: Reporter = silent_reporter, cache_dir: Path | 
         manifest = _manifest(recipe, plan, ckpt_sha, detect_format(plan.checkpoint), onnx_model, calibration,
                              pipeline, artifacts, partial)
         manifest["tasks"] = [t.to_dict() for t in tasks]
+        if coverage is not None:
+            manifest["calibration"]["representativeness"] = coverage
         manifest["verification"] = held.to_dict() if held is not None else "skipped (--no-verify)"
         (partial / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
         _write_recipe(recipe, partial / RECIPE_FILE)
@@ -371,6 +374,26 @@ def _data(recipe: Recipe, plan: _Plan, onnx_model: Any, report: Reporter) -> tup
     if calibration is not None:
         return split_holdout(calibration, recipe.seed)
     return calibration, random_holdout(onnx_model.spec)
+
+
+def _representativeness(pipeline: Any, recipe: Recipe, plan: _Plan, onnx_model: Any, calibration: Any, held: Any,
+                        report: Reporter) -> dict[str, Any] | None:
+    """How well the calibrated ranges cover the held-out samples (clipped share per tensor, input shift); its
+    warnings are printed. None when there is no INT8 build, no calibration data or no held-out data."""
+    from edgec.benchmarks.representative import representativeness
+
+    if not plan.needs_int8 or calibration is None or held is None:
+        return None
+    stats = pipeline.value("calibration_stats")
+    record, warnings = representativeness(onnx_model.path, stats.ranges(), stats.method, list(calibration),
+                                          held.samples, held.description, held.in_sample)
+    worst = record["worst"][0] if record["worst"] else None
+    report(f"[calibration] {record['tensors_checked']} calibrated tensors on {held.description}: "
+           f"{100 * record['mean_clipped']:.3f}% of values outside their range on average"
+           + (f", most in '{worst['tensor']}' ({100 * worst['clipped']:.2f}%)" if worst and worst["clipped"] else ""))
+    for line in warnings:
+        report(f"warning: {line}")
+    return record
 
 
 def _tasks(recipe: Recipe, onnx_model: Any, held: Any, report: Reporter) -> list[Any]:
