@@ -130,6 +130,16 @@ class Target(abc.ABC):
     def build(self, model: Any, precision: Precision, calibration: Any, out_dir: Path) -> list[Artifact]:
         """Write this precision's artifacts into ``out_dir`` and describe them."""
 
+    #: How this backend turns a PyTorch model into its format, for messages ("converts ... (litert-torch)").
+    converter: ClassVar[str] = ""
+
+    def requires(self, precision: Precision) -> tuple[str, ...]:
+        """What a build of ``precision`` needs besides a checkpoint, checked once, when the build is planned
+        (``edgec.api.plan_build``): "torch" (a PyTorch model: an ONNX checkpoint has no route this backend
+        can verify) and "calibration" (calibration data, for INT8)."""
+        needs = ("torch",) if self.consumes == ModelFormat.TORCH else ()
+        return needs + (("calibration",) if precision == Precision.INT8 else ())
+
     def keep_in_higher_precision(self, nodes: list[str]) -> Target | None:
         """A copy of this target that keeps ``nodes`` (nodes of the FP32 ONNX export, worst first) in higher
         precision in its INT8 artifact, or None when it has no way to (a full-integer microcontroller build)."""

@@ -1100,11 +1100,6 @@ def convert(
         raise QuantizationError(
             f"unknown INT8 observer '{observer}'", hint=f"use one of: {', '.join(OBSERVERS)}"
         )
-    if precision == Precision.INT8 and calibration is None:
-        raise QuantizationError(
-            f"INT8 TFLite conversion of '{source}' needs calibration data",
-            hint="pass --calib PATH (.npz, .npy, an image folder)",
-        )
     try:
         import torch
 

@@ -16,7 +16,7 @@ from typing import Any
 
 
 from edgec.compiler.context import BuildContext, track
-from edgec.compiler.errors import CalibrationError, ConfigError, QuantizationError, missing_dependency
+from edgec.compiler.errors import ConfigError, QuantizationError, missing_dependency
 from edgec.compiler.stage import Stage
 from edgec.compiler.types import CalibrationSet, CalibrationStats, Feeds, OnnxModel
 
@@ -93,10 +93,6 @@ class CalibrateStage(Stage):
         if self.method == "percentile":
             opts["percentile"] = self.percentile
         return opts
-
-    def requires(self, inputs: dict[str, Any], ctx: BuildContext) -> None:
-        if inputs.get("calibration") is None or len(inputs["calibration"]) == 0:
-            raise CalibrationError("INT8 needs calibration data", hint="pass --calib PATH (.npz, .npy, an image folder)")
 
     def run(self, inputs: dict[str, Any], out_dir: Path, ctx: BuildContext) -> CalibrationStats:
         try:

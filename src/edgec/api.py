@@ -48,7 +48,6 @@ class _Plan:
 
 
 def plan_build(recipe: Recipe) -> _Plan:
-    from edgec.compiler.stages.load import detect_format
     from edgec.targets.base import parse_options
     from edgec.targets.registry import resolve_target, target_class
 
@@ -89,21 +88,12 @@ def plan_build(recipe: Recipe) -> _Plan:
                     hint += " (microcontrollers run full-integer models: pass --precision int8 --calib PATH)"
                 raise ConfigError(f"target '{name}' does not support {p.value}", hint=hint)
         cls.check_available()
-        if cls.consumes == ModelFormat.TORCH and detect_format(checkpoint) == "onnx":
-            # No ONNX -> TFLite route converted enough real files to ship (onnx2torch 0 of 11, onnx2tf 4-9 of 11
-            # with 1-2 full-integer): see the README's "ONNX checkpoints and the arm/mcu targets".
-            raise ConfigError(
-                f"target '{name}' converts PyTorch models (litert-torch), but '{checkpoint}' is an ONNX file, and "
-                "edgec has no ONNX-to-TFLite converter it can verify",
-                hint="pass the PyTorch checkpoint (.pt2, TorchScript, or a state_dict with --model-factory), or use "
-                "an ONNX target (cpu, jetson, gpu)",
-            )
         values = {**profile.options, **recipe.target_options.get(profile.backend, {})}
         target = cls(parse_options(cls.Options, values, f"backend '{profile.backend}'"))
+        for p in precisions:
+            _check_requirements(name, target, target.requires(p), checkpoint, recipe)
         builds.extend((profile, target, p) for p in precisions)
     needs_int8 = any(p == Precision.INT8 for _, _, p in builds)
-    if needs_int8 and not recipe.calib:
-        raise CalibrationError("INT8 needs calibration data", hint="pass --calib PATH (.npz, .npy, an image folder)")
     unknown = set(recipe.target_options) - {profile.backend for profile, _, _ in builds}
     if unknown:
         raise ConfigError(
@@ -123,6 +113,23 @@ def plan_build(recipe: Recipe) -> _Plan:
 
     budget = Budget(recipe.max_accuracy_drop, recipe.min_cosine)
     return _Plan(checkpoint, out, inputs, builds, needs_int8, criterion, budget)
+
+
+def _check_requirements(name: str, target: Any, needs: tuple[str, ...], checkpoint: Path, recipe: Recipe) -> None:
+    """The one check of what a target declares it needs (``Target.requires``)."""
+    from edgec.compiler.stages.load import detect_format
+
+    if "torch" in needs and detect_format(checkpoint) == "onnx":
+        # No ONNX -> TFLite route converted enough real files to ship (onnx2torch 0 of 11, onnx2tf 4-9 of 11
+        # with 1-2 full-integer): see the README's "TorchScript and ONNX checkpoints for arm, mcu and executorch".
+        raise ConfigError(
+            f"target '{name}' {target.converter}, but '{checkpoint}' is an ONNX file, and edgec has no "
+            "ONNX-to-PyTorch route it can verify",
+            hint="pass the PyTorch checkpoint (.pt2, TorchScript, or a state_dict with --model-factory), or use "
+            "an ONNX target (cpu, jetson, gpu)",
+        )
+    if "calibration" in needs and not recipe.calib:
+        raise CalibrationError("INT8 needs calibration data", hint="pass --calib PATH (.npz, .npy, an image folder)")
 
 
 def _plan_compression(recipe: Recipe, checkpoint: Path) -> str | None:

@@ -504,11 +504,6 @@ def lower(
     source = source or type(module).__name__
     if observer not in OBSERVERS:
         raise QuantizationError(f"unknown INT8 observer '{observer}'", hint=f"use one of: {', '.join(OBSERVERS)}")
-    if precision == Precision.INT8 and calibration is None:
-        raise QuantizationError(
-            f"INT8 ExecuTorch lowering of '{source}' needs calibration data",
-            hint="pass --calib PATH (.npz, .npy, an image folder)",
-        )
     dynamic = _check_shapes(spec, source)
     try:
         import torch

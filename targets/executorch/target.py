@@ -8,7 +8,7 @@ import importlib.util
 from pathlib import Path
 from typing import Any
 
-from edgec.compiler.errors import ConfigError, QuantizationError, TargetUnavailableError, missing_dependency
+from edgec.compiler.errors import ConfigError, TargetUnavailableError, missing_dependency
 from edgec.compiler.types import Artifact, InputSpec, ModelFormat, Precision, sha256_file
 from edgec.compiler.versions import version_of
 from edgec.targets.base import Target
@@ -41,6 +41,7 @@ class ExecuTorchTarget(Target):
     precisions = frozenset({Precision.FP32, Precision.FP16, Precision.INT8})
     Options = ExecuTorchOptions
     tools = ("torch", "torchao", "executorch")
+    converter = "lowers PyTorch models (torch.export, ExecuTorch)"
 
     @classmethod
     def check_available(cls) -> None:
@@ -55,17 +56,6 @@ class ExecuTorchTarget(Target):
         return ("model", "calibration")
 
     def build(self, model: Any, precision: Precision, calibration: Any, out_dir: Path) -> list[Artifact]:
-        if getattr(model, "kind", "torch") != "torch":
-            raise ConfigError(
-                f"the executorch target lowers PyTorch models, but '{model.source}' is an ONNX file",
-                hint="pass the PyTorch checkpoint instead (.pt2, or a state_dict with --model-factory), "
-                "or build the ONNX file for an ONNX target (e.g. --target cpu)",
-            )
-        if precision == Precision.INT8 and calibration is None:
-            raise QuantizationError(
-                f"INT8 ExecuTorch needs calibration data for '{model.source}'",
-                hint="pass --calib PATH (.npz, .npy, an image folder)",
-            )
         if self.options.bundle_samples < 0:
             raise ConfigError(f"bundle_samples must be 0 or more, not {self.options.bundle_samples}")
         out = Path(out_dir) / f"model.{precision.value}.pte"

@@ -8,7 +8,7 @@ import importlib.util
 from pathlib import Path
 from typing import Any
 
-from edgec.compiler.errors import ConfigError, QuantizationError, missing_dependency
+from edgec.compiler.errors import missing_dependency
 from edgec.targets.litert import OBSERVERS, convert, io_from_metadata
 from edgec.compiler.types import Artifact, InputSpec, ModelFormat, Precision, sha256_file
 from edgec.compiler.versions import version_of
@@ -58,6 +58,7 @@ class TFLiteTarget(Target):
     precisions = frozenset({Precision.FP32, Precision.FP16, Precision.INT8})
     Options = TFLiteOptions
     tools = ("torch", "torchao", "litert-torch", "litert-converter", "ai-edge-quantizer", "ai-edge-litert")
+    converter = "converts PyTorch models (litert-torch)"
 
     @classmethod
     def check_available(cls) -> None:
@@ -70,18 +71,6 @@ class TFLiteTarget(Target):
                 raise missing_dependency(dist, "arm", "the tflite target")
 
     def build(self, model: Any, precision: Precision, calibration: Any, out_dir: Path) -> list[Artifact]:
-        if getattr(model, "kind", "torch") != "torch":
-            raise ConfigError(
-                f"the tflite target converts PyTorch models (litert-torch), "
-                f"but '{model.source}' is an ONNX file",
-                hint="pass the PyTorch checkpoint instead (.pt2, or a state_dict with --model-factory), "
-                "or build the ONNX file for an ONNX target (e.g. --target cpu)",
-            )
-        if precision == Precision.INT8 and calibration is None:
-            raise QuantizationError(
-                f"INT8 TFLite needs calibration data for '{model.source}'",
-                hint="pass --calib PATH (.npz, .npy, an image folder)",
-            )
         out = Path(out_dir) / f"model.{precision.value}.tflite"
         opts = self.options
         result = convert(

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 from edgec.compiler.errors import (
-    CalibrationError,
     ConfigError,
     QuantizationError,
     TargetBuildError,
@@ -147,6 +146,7 @@ class TFLMTarget(Target):
     precisions = frozenset({Precision.INT8})
     Options = TFLMOptions
     tools = ("torch", "torchao", "litert-torch", "litert-converter", "ai-edge-litert", "tflite-micro", "ethos-u-vela")
+    converter = "converts PyTorch models (litert-torch)"
 
     @classmethod
     def check_available(cls) -> None:
@@ -179,22 +179,7 @@ class TFLMTarget(Target):
         from edgec.targets.litert import convert
 
         source = str(getattr(model, "source", "the model"))
-        if getattr(model, "kind", "torch") != "torch":
-            raise ConfigError(
-                f"the mcu target converts PyTorch models (litert-torch), but '{source}' is an ONNX file",
-                hint="pass the PyTorch checkpoint the ONNX file was exported from (.pt2, or a state_dict with "
-                     "--model-factory)",
-            )
-        if precision != Precision.INT8:
-            raise ConfigError(
-                f"microcontroller targets build full-integer INT8 only, not {precision.value}",
-                hint="pass --precision int8 --calib PATH",
-            )
         spec = fixed_spec(model.spec, source)
-        if calibration is None:
-            raise CalibrationError(
-                "INT8 needs calibration data", hint="pass --calib PATH (.npz, .npy, an image folder)"
-            )
         b, opts = self.board, self.options
         out_dir = Path(out_dir)
         out = out_dir / "model.int8.tflite"

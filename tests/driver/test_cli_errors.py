@@ -94,6 +94,20 @@ def test_int8_without_calibration(tmp_path, tiny):
     _assert_user_error(result, out, 3, "INT8 needs calibration data", "--calib")
 
 
+@pytest.mark.parametrize("target, says", [("rpi5", "converts PyTorch models (litert-torch)"),
+                                           ("mcu", "converts PyTorch models (litert-torch)"),
+                                           ("executorch", "lowers PyTorch models")])
+def test_onnx_checkpoint_for_a_torch_target(tmp_path, tiny, target, says):
+    # Declared once by the target (Target.requires) and checked once, when the build is planned.
+    onnx_file = tmp_path / "tiny.onnx"
+    model = zoo_models.tiny_cnn().eval()
+    torch.onnx.export(model, (torch.zeros(1, 1, 8, 8),), str(onnx_file), dynamo=False)
+    result, out = _run(["build", onnx_file, "--target", target, "-p", "int8", "--calib", tiny / "calib.npz"], tmp_path)
+    if result.exit_code == 5:
+        pytest.skip(f"the {target} target's runtime is not installed")
+    _assert_user_error(result, out, 2, f"target '{target}' {says}", "is an ONNX file", "pass the PyTorch checkpoint")
+
+
 def test_unknown_target(tmp_path, tiny):
     result, out = _run(["build", tiny / "tiny.pt2", "--target", "toaster"], tmp_path)
     _assert_user_error(result, out, 2, "unknown target 'toaster'", "cpu")
