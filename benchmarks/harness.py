@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from edgec.benchmarks.accuracy import compare_outputs
+from edgec.benchmarks.device import MANIFEST
 from edgec.benchmarks.latency import DEFAULT_ITERATIONS, MemorySampler, measure_latency, timed_call
 from edgec.benchmarks.results import BenchResults, RunResult, environment, now_iso
 from edgec.compiler.context import silent_reporter, track
@@ -29,7 +30,6 @@ from edgec.compiler.types import Artifact, Feeds, InputSpec, ModelFormat, Precis
 from edgec.targets.base import Runner
 from edgec.targets.registry import target_class
 
-MANIFEST = "manifest.json"
 Outputs = dict[str, np.ndarray]
 Progress = Callable[[str], None]
 
@@ -49,53 +49,29 @@ def _outputs_to_numpy(outputs: Mapping[str, Any], where: str) -> Outputs:
     return {name: _as_numpy(v) for name, v in outputs.items()}
 
 
-def _transpose_layout(arr: np.ndarray, src: str, dst: str) -> np.ndarray:
-    return np.ascontiguousarray(arr.transpose([src.index(axis) for axis in dst]))
-
-
 def _adapt_feeds(feeds: Feeds, runner_spec: InputSpec, data_spec: InputSpec | None = None) -> Feeds:
-    """Feeds laid out as ``data_spec`` (the evaluation data) made to fit what the runner expects.
+    """Feeds laid out as ``data_spec`` (the evaluation data) made to fit what the runner expects: the device
+    runner's ``adapt_feeds`` (one implementation, shipped to devices), with the specs' names, dtypes and layouts.
 
     Inputs are matched by name, or by position when the names differ but the counts agree. A 4-D float input
     whose layout differs (NCHW vs NHWC) is transposed; a float input is cast to the runner's float dtype.
     """
+    from edgec.benchmarks.device import DeviceRunError, adapt_feeds
+
     wanted = list(runner_spec.inputs)
     if not wanted:
         return dict(feeds)
-    names = list(feeds)
-    if all(t.name in feeds for t in wanted):
-        pairs = [(t, feeds[t.name], t.name) for t in wanted]
-    elif len(names) == len(wanted):
-        pairs = [(t, feeds[n], n) for t, n in zip(wanted, names)]
-    else:
+    layouts = {t.name: t.layout for t in wanted if t.layout}
+    data_layouts = {t.name: t.layout for t in data_spec.inputs if t.layout} if data_spec is not None else {}
+    try:
+        return adapt_feeds(feeds, [(t.name, t.dtype) for t in wanted], layouts, data_layouts, np)
+    except DeviceRunError:
         missing = [t.name for t in wanted if t.name not in feeds]
         raise CalibrationError(
-            f"the evaluation data has inputs {names}; the artifact needs {[t.name for t in wanted]} "
+            f"the evaluation data has inputs {list(feeds)}; the artifact needs {[t.name for t in wanted]} "
             f"(missing: {missing})",
             hint="give evaluation samples with the model's input names",
-        )
-    source = {t.name: t for t in data_spec.inputs} if data_spec is not None else {}
-    adapted: Feeds = {}
-    for t, arr, data_name in pairs:
-        arr = np.asarray(arr)
-        src = source.get(data_name)
-        src_layout = src.layout if src is not None else None
-        if (
-            arr.ndim == 4
-            and np.issubdtype(arr.dtype, np.floating)
-            and t.layout in ("NCHW", "NHWC")
-            and src_layout in ("NCHW", "NHWC")
-            and t.layout != src_layout
-        ):
-            arr = _transpose_layout(arr, src_layout, t.layout)
-        if (
-            np.issubdtype(arr.dtype, np.floating)
-            and t.dtype.startswith("float")
-            and arr.dtype.name != t.dtype
-        ):
-            arr = arr.astype(t.dtype)
-        adapted[t.name] = arr
-    return adapted
+        ) from None
 
 
 def _match_outputs(reference_names: list[str], candidate_names: list[str], artifact: str) -> dict[str, str]:

@@ -12,6 +12,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from edgec.benchmarks.device import MANIFEST  # one name for it: the device runner, which imports no edgec, reads it too
 from edgec.compiler.cache import BuildCache
 from edgec.compiler.context import BuildContext, Reporter, silent_reporter
 from edgec.compiler.errors import CalibrationError, ConfigError, EdgecError, InputFileError, TargetUnavailableError
@@ -20,7 +21,6 @@ from edgec.compiler.types import Artifact, ModelFormat, Precision, TensorSpec
 from edgec.compiler.versions import tool_versions
 from edgec.recipe import Recipe
 
-MANIFEST = "manifest.json"
 RECIPE_FILE = "recipe.yaml"
 
 
