@@ -96,7 +96,7 @@ def open_runner(artifact: Artifact, threads: int | None = None) -> Runner:
         raise InputFileError(
             f"artifact '{artifact.path}' ({artifact.name}) not found", hint="rebuild it with: edgec build ..."
         )
-    return target_class(artifact.target)().open(artifact, threads=threads)
+    return target_class(artifact.target).open(artifact, threads=threads)
 
 
 def run_outputs(

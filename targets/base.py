@@ -150,5 +150,8 @@ class Target(abc.ABC):
         manifest, a README); returns them. Most targets have none."""
         return []
 
+    @classmethod
     @abc.abstractmethod
-    def open(self, artifact: Artifact, threads: int | None = None) -> Runner: ...
+    def open(cls, artifact: Artifact, threads: int | None = None) -> Runner:
+        """The runner of a built artifact (not loaded yet). A class method: running a file needs none of the
+        build side (options, the host's CPU facts a build resolves)."""

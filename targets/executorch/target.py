@@ -84,7 +84,8 @@ class ExecuTorchTarget(Target):
         spec = InputSpec(model.spec.inputs, model.spec.outputs)
         return [Artifact(out, ModelFormat.PTE, precision, self.name, spec, sha256_file(out), meta)]
 
-    def open(self, artifact: Artifact, threads: int | None = None) -> ExecuTorchRunner:
+    @classmethod
+    def open(cls, artifact: Artifact, threads: int | None = None) -> ExecuTorchRunner:
         io = artifact.metadata.get("io") or {}
         if not io.get("inputs"):
             raise ConfigError(

@@ -217,6 +217,7 @@ class OnnxRuntimeTarget(Target):
         topological_sort(m16)
         save_model(m16, out)
 
-    def open(self, artifact: Artifact, threads: int | None = None) -> OnnxRuntimeRunner:
-        self.check_available()
+    @classmethod
+    def open(cls, artifact: Artifact, threads: int | None = None) -> OnnxRuntimeRunner:
+        cls.check_available()
         return OnnxRuntimeRunner(artifact.path, threads)

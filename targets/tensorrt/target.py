@@ -177,7 +177,8 @@ class TensorRTTarget(Target):
         """Write the bundle files (bundle.json, README.md) once every precision of a profile is in ``folder``."""
         return bundle_mod.write_bundle(folder, [a for a in artifacts if a.target == self.name])
 
-    def open(self, artifact: Artifact, threads: int | None = None) -> Runner:
+    @classmethod
+    def open(cls, artifact: Artifact, threads: int | None = None) -> Runner:
         """The engine's runner on a device that has one; the ONNX Runtime estimate anywhere else."""
         from edgec.compiler.errors import TargetUnavailableError
         from edgec.targets.tensorrt import cudart
@@ -193,7 +194,7 @@ class TensorRTTarget(Target):
                     hint=f"build it first: edgec engine build {path.parent} --precision {artifact.precision.value}",
                 )
             return TensorRTRunner(engine, artifact.spec, path.parent)
-        self.check_available()
+        cls.check_available()
         majors = tuple(artifact.metadata.get("tensorrt_majors") or ())
         device = artifact.metadata.get("device") or artifact.metadata.get("profile") or ""
         return HostEstimateRunner(path, threads, device=device, majors=majors)

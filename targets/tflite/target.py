@@ -107,6 +107,7 @@ class TFLiteTarget(Target):
     def keep_in_higher_precision(self, nodes: list[str]) -> TFLiteTarget:
         return type(self)(dataclasses.replace(self.options, keep_float=sorted({*self.options.keep_float, *nodes})))
 
-    def open(self, artifact: Artifact, threads: int | None = None) -> TFLiteRunner:
+    @classmethod
+    def open(cls, artifact: Artifact, threads: int | None = None) -> TFLiteRunner:
         inputs, outputs = io_from_metadata(artifact.metadata, artifact.path)
         return TFLiteRunner(Path(artifact.path), artifact.spec, inputs, outputs, threads)

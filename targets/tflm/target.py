@@ -330,10 +330,11 @@ class TFLMTarget(Target):
             )
         return dest
 
-    def open(self, artifact: Artifact, threads: int | None = None) -> TFLMRunner:
+    @classmethod
+    def open(cls, artifact: Artifact, threads: int | None = None) -> TFLMRunner:
         from edgec.targets.litert import io_from_metadata
 
-        self.check_available()
+        cls.check_available()
         meta = artifact.metadata
         inputs, outputs = io_from_metadata(meta, artifact.path)
         if not meta.get("arena"):

@@ -288,3 +288,27 @@ def test_runner_with_device_timing_reports_it(tmp_path, monkeypatch):
     path = tmp_path / "r.json"
     results.to_json(path)
     assert BenchResults.from_json(path).runs[0].device_latency["host_ms"]["p50"] == 0.9
+
+
+def test_running_an_artifact_builds_no_target(tmp_path, monkeypatch):
+    """Opening a runner is the runtime side only: no Target is constructed (no options, no host facts)."""
+    import torch
+
+    import zoo_models
+    from edgec.benchmarks.harness import open_runner
+    from edgec.compiler.types import Artifact, InputSpec, ModelFormat, Precision, TensorSpec
+    from edgec.targets.onnxruntime import target as ort_target
+
+    path = tmp_path / "m.onnx"
+    torch.onnx.export(zoo_models.tiny_cnn().eval(), (torch.zeros(1, 1, 8, 8),), str(path), dynamo=False,
+                      input_names=["x"])
+
+    def no_build_side(*_args, **_kw):
+        raise AssertionError("a Target was constructed to run a file")
+
+    monkeypatch.setattr(ort_target.OnnxRuntimeTarget, "__init__", no_build_side)
+    spec = InputSpec((TensorSpec("x", (1, 1, 8, 8), "float32"),), ())
+    art = Artifact(path, ModelFormat.ONNX, Precision.FP32, "onnxruntime", spec)
+    with open_runner(art, 1) as runner:
+        out = runner.infer({"x": np.zeros((1, 1, 8, 8), np.float32)})
+    assert np.asarray(next(iter(out.values()))).shape == (1, 10)
