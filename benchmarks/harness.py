@@ -17,7 +17,7 @@ import numpy as np
 from edgec.benchmarks.accuracy import compare_outputs
 from edgec.benchmarks.device import MANIFEST
 from edgec.benchmarks.latency import DEFAULT_ITERATIONS, MemorySampler, measure_latency, timed_call
-from edgec.benchmarks.results import BenchResults, RunResult, environment, now_iso
+from edgec.benchmarks.results import BenchResults, RunResult, build_records, environment, now_iso
 from edgec.compiler.context import silent_reporter, track
 from edgec.compiler.errors import (
     CalibrationError,
@@ -186,6 +186,7 @@ def _bench_one(
         device_latency=device_latency,
         environment=environment(runtime),
         started_at=started,
+        build=build_records(artifact.metadata),
     )
     say(f"{artifact.name}: p50 {stats.p50_ms:.3f} ms, {stats.throughput_per_s:.1f}/s")
     return result, outputs

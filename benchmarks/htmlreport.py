@@ -1,8 +1,11 @@
 """``edgec report``: saved benchmark results as one self-contained HTML page and a Markdown file.
 
 The page needs no network and no script: plots are inline SVG drawn here (latency distribution per artifact,
-accuracy drop against latency and against size with the Pareto front marked), tables are plain HTML. Several
-results files (a host run and a device run, say) are merged, each run labelled with where it ran.
+accuracy drop against latency and against size with the Pareto front marked, and per output the figures of its
+task: reliability diagram, precision-recall curve, cosine and IoU histograms, nearest-neighbour agreement, edit
+distances), tables are plain HTML. Several results files (a host run and a device run, say) are merged, each run
+labelled with where it ran. Where the runs carry the build's records (``RunResult.build``), a section lists each
+artifact's build-time verdict, the layers its fallback kept in higher precision and its latency against FP32.
 """
 
 from __future__ import annotations
@@ -11,8 +14,9 @@ import dataclasses
 import html
 import math
 from pathlib import Path
+from typing import Any
 
-from edgec.benchmarks.report import format_size, markdown_table, num_cell
+from edgec.benchmarks.report import format_size, markdown_table, md_table, num_cell, verdict
 from edgec.benchmarks.results import BenchResults, RunResult
 from edgec.compiler.errors import InputFileError
 
@@ -178,6 +182,157 @@ def scatter_plot(points: list[Point], xkey: str, xlabel: str, log_x: bool = Fals
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Task figures: every one is drawn by xy_plot, from the plot data benchmarks.metrics records per output.
+
+REFERENCE_COLOR = "#9a9a9a"
+
+
+@dataclasses.dataclass
+class Series:
+    """What a plot draws: ``bars`` over bins (``x`` the bin edges, ``y`` a height per bin; None draws nothing for
+    that bin) or a ``line`` through the points (``x``, ``y``)."""
+
+    label: str
+    color: str
+    kind: str
+    x: list[float]
+    y: list[float | None]
+    dashed: bool = False
+
+
+def xy_plot(series: list[Series], xlabel: str, ylabel: str, x_range: tuple[float, float],
+            y_range: tuple[float, float] | None = None, notes: list[str] | tuple[str, ...] = (),
+            x_ticks: list[tuple[float, str]] | None = None) -> str:
+    """A small plot: the bar series side by side within each bin, lines over them, a legend and ``notes`` above."""
+    legend = [s for s in series if s.label]
+    width, height, left, right, bottom = 420, 290, 56, 14, 42
+    top = 10 + 15 * (len(legend) + len(notes))
+    x_lo, x_hi = x_range
+    if y_range is None:
+        ys = [v for s in series for v in s.y if v is not None]
+        y_range = (0.0, max(ys) * 1.1 if ys and max(ys) > 0 else 1.0)
+    y_lo, y_hi = y_range
+
+    def px(v: float) -> float:
+        return left + (v - x_lo) / (x_hi - x_lo) * (width - left - right)
+
+    def py(v: float) -> float:
+        return top + (y_hi - v) / (y_hi - y_lo) * (height - top - bottom)
+
+    parts = [f'<svg class="plot task" viewBox="0 0 {width} {height}" width="{width}" height="{height}" role="img" '
+             f'aria-label="{html.escape(ylabel)} against {html.escape(xlabel)}">']
+    for t in _ticks(y_lo, y_hi, 4):
+        parts.append(f'<line x1="{left}" y1="{py(t):.1f}" x2="{width - right}" y2="{py(t):.1f}" class="grid"/>'
+                     f'<text x="{left - 5}" y="{py(t) + 4:.1f}" text-anchor="end" class="tick">{_fmt(t)}</text>')
+    for t, text in x_ticks or [(t, _fmt(t)) for t in _ticks(x_lo, x_hi, 5)]:
+        parts.append(f'<text x="{px(t):.1f}" y="{height - bottom + 15}" text-anchor="middle" class="tick">'
+                     f'{html.escape(text)}</text>')
+    parts.append(f'<line x1="{left}" y1="{py(y_lo):.1f}" x2="{width - right}" y2="{py(y_lo):.1f}" stroke="#999"/>')
+    parts.append(f'<text x="{(left + width - right) / 2}" y="{height - 8}" text-anchor="middle" class="axis">'
+                 f'{html.escape(xlabel)}</text><text x="13" y="{(top + height - bottom) / 2}" text-anchor="middle" '
+                 f'class="axis" transform="rotate(-90 13 {(top + height - bottom) / 2})">{html.escape(ylabel)}</text>')
+    bar_series = [s for s in series if s.kind == "bars"]
+    for k, s in enumerate(bar_series):
+        for lo, hi, v in zip(s.x, s.x[1:], s.y):
+            if v is None:
+                continue
+            a = lo + (hi - lo) * (k / len(bar_series) + 0.04)
+            b = lo + (hi - lo) * ((k + 1) / len(bar_series) - 0.04)
+            parts.append(f'<rect class="bar" x="{px(a):.1f}" y="{py(max(v, y_lo)):.1f}" width="{px(b) - px(a):.1f}" '
+                         f'height="{py(y_lo) - py(max(v, y_lo)):.1f}" fill="{s.color}" fill-opacity="0.75">'
+                         f'<title>{html.escape(s.label)} {_fmt(lo)} to {_fmt(hi)}: {_fmt(v)}</title></rect>')
+    for s in series:
+        if s.kind == "line":
+            path = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in zip(s.x, s.y) if y is not None)
+            dash = ' stroke-dasharray="5 4"' if s.dashed else ""
+            parts.append(f'<polyline class="curve" points="{path}" fill="none" stroke="{s.color}" stroke-width="1.6"'
+                         f'{dash}/>')
+    for i, s in enumerate(legend):
+        y = 12 + 15 * i
+        parts.append(f'<rect x="{left}" y="{y - 8}" width="10" height="10" fill="{s.color}"/>'
+                     f'<text x="{left + 15}" y="{y + 1}" class="pt">{html.escape(s.label)}</text>')
+    for i, note in enumerate(notes):
+        parts.append(f'<text x="{left}" y="{12 + 15 * (len(legend) + i) + 1}" class="note-text">'
+                     f'{html.escape(note)}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _histogram(label: str, color: str, edges: list[float], counts: list[int]) -> Series:
+    """Bars for the non-empty bins of a histogram."""
+    return Series(label, color, "bars", list(edges), [c if c else None for c in counts])
+
+
+def _figure(figures: dict[str, Any], key: str, fmt: str = ".4f") -> str:
+    v = figures.get(key)
+    return "–" if v is None else format(v, fmt)
+
+
+def reliability_plot(data: dict[str, Any], figures: dict[str, Any], color: str) -> str:
+    """Accuracy per confidence bin, reference beside candidate, with the diagonal of perfect calibration."""
+    ref, cand = data["reference"], data["candidate"]
+    notes = [f"ECE reference {_figure(figures, 'reference_ece')}, candidate {_figure(figures, 'ece')}"]
+    if figures.get("ece_calibrated") is not None:
+        notes.append(f"candidate after temperature T = {_figure(figures, 'temperature', '.3g')}: "
+                     f"ECE {_figure(figures, 'ece_calibrated')}")
+    return xy_plot([Series("reference", REFERENCE_COLOR, "bars", ref["edges"], ref["accuracy"]),
+                    Series("candidate", color, "bars", cand["edges"], cand["accuracy"]),
+                    Series("", "#000", "line", [0.0, 1.0], [0.0, 1.0], dashed=True)],
+                   "confidence (top probability)", "accuracy", (0.0, 1.0), (0.0, 1.0), notes)
+
+
+def pr_plot(data: dict[str, Any], figures: dict[str, Any], color: str) -> str:
+    notes = [f"against the {data.get('basis', 'labels')}; ROC-AUC {_figure(figures, 'roc_auc')}"]
+    return xy_plot([Series("candidate", color, "line", data["recall"], data["precision"])], "recall", "precision",
+                   (0.0, 1.0), (0.0, 1.05), notes)
+
+
+def cosine_plot(data: dict[str, Any], figures: dict[str, Any], color: str) -> str:
+    edges = data["edges"]
+    notes = [f"mean cosine {_figure(figures, 'mean_cosine')}, lowest {_figure(figures, 'min_cosine')}"]
+    return xy_plot([_histogram("rows", color, edges, data["counts"])], "cosine to the reference per row", "rows",
+                   (edges[0], edges[-1]), notes=notes)
+
+
+def neighbours_plot(data: dict[str, Any], figures: dict[str, Any], color: str) -> str:
+    k = data.get("k")
+    notes = [f"1-NN agreement {data['agreement']:.1f}%; the reference's nearest in the top {k}: "
+             f"{data['recall_at_k']:.1f}%"]
+    return xy_plot([Series("", color, "bars", [0.0, 1.0, 2.0], [data["agreement"], data["recall_at_k"]])],
+                   "nearest neighbour over the evaluation set", "% of rows", (0.0, 2.0), (0.0, 100.0), notes,
+                   x_ticks=[(0.5, "same nearest row"), (1.5, f"in top {k}")])
+
+
+def iou_plot(data: dict[str, Any], figures: dict[str, Any], color: str) -> str:
+    edges = data["edges"]
+    notes = [f"matched IoU {_figure(figures, 'matched_iou')}; missed {_figure(figures, 'missed_boxes', '.0f')}, "
+             f"extra {_figure(figures, 'extra_boxes', '.0f')} boxes"]
+    return xy_plot([_histogram("reference boxes", color, edges, data["counts"])],
+                   data.get("of", "IoU per reference box"), "boxes", (edges[0], edges[-1]), notes=notes)
+
+
+def edit_distance_plot(data: dict[str, Any], figures: dict[str, Any], color: str) -> str:
+    d = data["distance"]
+    edges = [v - 0.5 for v in d] + [d[-1] + 0.5]
+    ticks = [(v, f"≥{v}" if i == len(d) - 1 and data.get("last_is_10_or_more") else str(v)) for i, v in enumerate(d)]
+    notes = [f"token error rate {_figure(figures, 'token_error_rate')}, sequences equal "
+             f"{_figure(figures, 'sequence_agreement', '.1f')}%"]
+    return xy_plot([_histogram("sequences", color, edges, data["count"])], "edit distance to the reference",
+                   "sequences", (edges[0], edges[-1]), notes=notes, x_ticks=ticks)
+
+
+#: plot key in TaskMetrics.plots -> (caption, function drawing it from (data, figures, color)), in page order.
+TASK_FIGURES = {
+    "reliability": ("reliability diagram", reliability_plot),
+    "pr_curve": ("precision-recall curve", pr_plot),
+    "cosine_histogram": ("cosine per row", cosine_plot),
+    "nearest_neighbours": ("nearest-neighbour agreement", neighbours_plot),
+    "iou_histogram": ("IoU per reference box", iou_plot),
+    "edit_distances": ("edit distance per sequence", edit_distance_plot),
+}
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Tables and the page.
 
 
@@ -239,6 +394,148 @@ def _front_labels(points: list[Point]) -> set[str]:
     return {usable[i].label for i in pareto_front([(p.latency_ms, p.drop) for p in usable])}
 
 
+#: The figures the task tables show beside each output's headline, per task (those present in the results).
+KEY_FIGURES = {
+    "classification": ("accuracy", "reference_accuracy", "top1_agreement", "f1_macro", "roc_auc", "ece",
+                       "reference_ece", "ece_calibrated", "temperature"),
+    "multilabel": ("label_agreement", "f1_macro", "roc_auc"),
+    "regression": ("r2", "mae", "rmse", "r2_vs_labels"),
+    "embedding": ("mean_cosine", "min_cosine", "nn_agreement", "knn_accuracy"),
+    "detection": ("matched_iou", "box_agreement", "missed_boxes", "extra_boxes", "max_score_error", "map50"),
+    "dense": ("iou", "pixel_agreement", "miou"),
+    "sequence": ("token_error_rate", "sequence_agreement", "token_error_rate_vs_labels"),
+}
+TASK_COLUMNS = ("artifact", "output", "task", "headline", "other figures", "drop pts")
+
+
+def _task_outputs(runs: list[tuple[str, RunResult]]) -> dict[str, list[tuple[str, RunResult, Any]]]:
+    """Output -> (label, run, TaskMetrics) of every run that scored it, outputs in order of first appearance."""
+    out: dict[str, list[tuple[str, RunResult, Any]]] = {}
+    for label, run in runs:
+        for name, m in (run.accuracy.tasks if run.accuracy else {}).items():
+            out.setdefault(name, []).append((label, run, m))
+    return out
+
+
+def task_rows(runs: list[tuple[str, RunResult]]) -> list[list[str]]:
+    """Per output and run with a task (not generic): its headline figure and drop, and the task's key figures."""
+    rows = []
+    for name, entries in _task_outputs(runs).items():
+        for label, _, m in entries:
+            if m.task not in KEY_FIGURES:
+                continue
+            others = "; ".join(f"{k} {m.figures[k]:.4g}" for k in KEY_FIGURES[m.task]
+                               if k != m.headline and m.figures.get(k) is not None)
+            value = "–" if m.value is None or math.isnan(m.value) else f"{m.value:.4g}"
+            rows.append([label, name, m.task, f"{m.headline} {value}", others or "–", num_cell(m.drop, ".2f")])
+    return rows
+
+
+def task_section(runs: list[tuple[str, RunResult]], colors: dict[str, str]) -> str:
+    """Per output with task figures: its table rows, then each run's figures (not the reference compared with
+    itself)."""
+    parts = []
+    for name, entries in _task_outputs(runs).items():
+        figs = []
+        for label, run, m in entries:
+            if run.is_reference:
+                continue
+            for key, (caption, draw) in TASK_FIGURES.items():
+                if m.plots.get(key):
+                    figs.append(f'<figure><figcaption>{html.escape(label)}: {caption}</figcaption>'
+                                f'{draw(m.plots[key], m.figures, colors[label])}</figure>')
+        rows = [r for r in task_rows(runs) if r[1] == name]
+        if not figs and not rows:
+            continue
+        parts.append(f"<h3>{html.escape(name)} ({html.escape(entries[0][2].task)})</h3>")
+        if rows:
+            parts.append(_html_table(TASK_COLUMNS, rows, text_columns=5))
+        parts.append(f'<div class="figs">{"".join(figs)}</div>')
+    if not parts:
+        return '<p class="note">No task metrics in these results (no reference, or outputs without a task).</p>'
+    return "".join(parts)
+
+
+BUILD_COLUMNS = ("artifact", "verdict", "verified on", "task figures at build", "kept in higher precision",
+                 "latency vs FP32 at build", "temperature")
+LAYER_COLUMNS = ("artifact", "layer", "op", "error at its output (INT8)", "error it adds")
+
+
+def _verdict(record: Any) -> str:
+    if not isinstance(record, dict):
+        return str(record)  # "reference", "skipped (--no-verify)"
+    text = verdict(record.get("passed"))
+    before = record.get("before_fallback")
+    if isinstance(before, dict) and not before.get("passed", True):
+        text += f" after fallback ({verdict(False)} before: {'; '.join(before.get('breaches') or [])})"
+    elif record.get("breaches"):
+        text += f" ({'; '.join(record['breaches'])})"
+    return text
+
+
+def _build_figures(record: Any) -> str:
+    if not isinstance(record, dict):
+        return "–"
+    before = (record.get("before_fallback") or {}).get("outputs") or {}
+    cells = []
+    for name, m in (record.get("outputs") or {}).items():
+        if m.get("value") is None:
+            continue
+        was = before.get(name) or {}
+        drop = f"drop {m['drop']:.2f}" if m.get("drop") is not None else ""
+        if was.get("drop") is not None:
+            drop = f"drop {was['drop']:.2f} -> {m['drop']:.2f}"
+        cells.append(f"{name} {m['task']} {m['headline']} {m['value']:.4g} ({drop} pts)")
+    return "; ".join(cells) or "–"
+
+
+def _latency(check: dict[str, Any] | None) -> str:
+    if not check:
+        return "–"
+    text = f"{check['ratio']:.2f}x ({check.get('host', '?')}, {check.get('threads', 1)} thread)"
+    if check.get("chosen") == "float-islands":
+        text += f", {len(check['float_islands'].get('kept_float', []))} layer(s) kept in float for speed"
+    return text + (": slower than FP32" if check.get("slower_than_fp32") else "")
+
+
+def build_rows(runs: list[tuple[str, RunResult]]) -> tuple[list[list[str]], list[list[str]]]:
+    """The build's verdict per artifact that carries one, and the layers its fallback kept in higher precision."""
+    rows, layers = [], []
+    for label, run in runs:
+        if not run.build:
+            continue
+        record = run.build.get("verification")
+        fallback = (record.get("fallback") or {}) if isinstance(record, dict) else {}
+        kept = fallback.get("kept") or []
+        confidence = run.build.get("confidence") or {}
+        rows.append([label, _verdict(record), record.get("data", "–") if isinstance(record, dict) else "–",
+                     _build_figures(record), ", ".join(kept) or ("none" if isinstance(record, dict) else "–"),
+                     _latency(run.build.get("latency_check")),
+                     "; ".join(f"{k} T = {c['temperature']:.3f}" for k, c in confidence.items()) or "–"])
+        ranked = {s["node"]: s for s in fallback.get("ranking") or []}
+        for layer in kept:
+            s = ranked.get(layer, {})
+            layers.append([label, layer, s.get("op_type", "–"), num_cell(s.get("rel_error"), ".4g"),
+                           num_cell(s.get("increase"), "+.4g")])
+    return rows, layers
+
+
+def build_section(runs: list[tuple[str, RunResult]]) -> str:
+    rows, layers = build_rows(runs)
+    if not rows:
+        return ""
+    parts = ["<h2>Build verification</h2>", _html_table(BUILD_COLUMNS, rows, text_columns=len(BUILD_COLUMNS)),
+             '<p class="note">What edgec build measured on its held-out samples before shipping each artifact: the '
+             "verdict against the accuracy budget (drops before -> after the fallback), the layers kept in higher "
+             "precision, and the artifact's latency against the FP32 export on the build host.</p>"]
+    if layers:
+        parts += ["<h3>Layers kept in higher precision</h3>", _html_table(LAYER_COLUMNS, layers, text_columns=3),
+                  '<p class="note">Layer-wise relative error of each kept layer\'s output in the INT8 build, and '
+                  "the part of it the layer adds (its inputs' error taken out); the task figures after keeping them "
+                  "are in the table above.</p>"]
+    return "".join(parts)
+
+
 CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:24px auto;max-width:980px;color:#222}
 h1{font-size:1.5em}h2{font-size:1.15em;margin-top:1.8em;border-bottom:1px solid #ddd}
@@ -247,6 +544,8 @@ th{background:#f4f4f4;text-align:left}td.num{text-align:right;font-variant-numer
 .note,.meta{color:#555;font-size:0.85em}.plot{max-width:100%;height:auto;background:#fff}
 .grid{stroke:#e5e5e5}.tick{font-size:11px;fill:#555}.axis{font-size:12px;fill:#333}.label{font-size:12px}
 .pt{font-size:10px;fill:#333}.front{fill:none;stroke:#000;stroke-dasharray:5 4;stroke-width:1.2}
+h3{font-size:1em;margin-top:1.2em}.figs{display:flex;flex-wrap:wrap;gap:8px}
+figure{margin:0}figcaption{font-size:0.8em;color:#444}.note-text{font-size:10px;fill:#555}
 """
 
 
@@ -281,6 +580,10 @@ def render_html(sources: list[tuple[str, BenchResults]], title: str = "edgec ben
         "<h2>Accuracy drop against size</h2>", scatter_plot(points, "size_bytes", "artifact size", log_x=True),
         '<p class="note">Dashed line: the Pareto front (lower-left is better on both axes).</p>',
         "<h2>Errors per output</h2>", _html_table(OUTPUT_COLUMNS, output_rows(runs), text_columns=2),
+        "<h2>Task metrics per output</h2>", task_section(runs, colors),
+        '<p class="note">Reliability: accuracy of the rows in each confidence bin (grey: the reference); on the '
+        "dashed diagonal a model is as accurate as it is confident. ECE: expected calibration error (15 bins).</p>",
+        build_section(runs),
         "</body></html>\n",
     ])
 
@@ -297,6 +600,16 @@ def render_markdown(sources: list[tuple[str, BenchResults]], title: str = "edgec
         parts += ["## Errors per output", "", "| " + " | ".join(OUTPUT_COLUMNS) + " |",
                   "|" + "|".join("---" if i < 2 else "---:" for i in range(len(OUTPUT_COLUMNS))) + "|"]
         parts += ["| " + " | ".join(r) + " |" for r in rows]
+    runs = _runs(sources)
+    rows = task_rows(runs)
+    if rows:
+        parts += ["", "## Task metrics per output", "",
+                  md_table(TASK_COLUMNS, rows, numeric_from=5)]
+    rows, layers = build_rows(runs)
+    if rows:
+        parts += ["", "## Build verification", "", md_table(BUILD_COLUMNS, rows, numeric_from=len(BUILD_COLUMNS))]
+    if layers:
+        parts += ["", md_table(LAYER_COLUMNS, layers, numeric_from=3)]
     return "\n".join(parts) + "\n"
 
 

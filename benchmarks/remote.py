@@ -26,7 +26,7 @@ import numpy as np
 from edgec.benchmarks import device
 from edgec.benchmarks.harness import load_build, score_runs
 from edgec.benchmarks.latency import summarize
-from edgec.benchmarks.results import BenchResults, RunResult
+from edgec.benchmarks.results import BenchResults, RunResult, build_records
 from edgec.compiler.errors import CalibrationError, ConfigError, InputFileError, TargetUnavailableError
 from edgec.compiler.types import Artifact, Feeds
 
@@ -390,7 +390,7 @@ def merge(
             target=rec["target"], runtime=rec["runtime"], size_bytes=int(rec["size_bytes"]), sha256=rec["sha256"],
             threads=rec.get("threads"), latency=stats, environment={**env, "runtime": rec["runtime"],
                                                                      "remote": remote},
-            started_at=rec.get("started_at", ""),
+            started_at=rec.get("started_at", ""), build=build_records(art.metadata),
         ))
         names = rec["outputs"]
         run_outs.append([

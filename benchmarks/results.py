@@ -59,6 +59,10 @@ class RunResult:
     # Accelerator-side timing when the runtime offers it (TensorRT: CUDA events around the enqueue, and the host
     # time of whole calls with copies), as {"gpu_ms": {...}, "host_ms": {...}, "iterations", "warmup"}.
     device_latency: dict[str, Any] | None = None
+    # What the build recorded about this artifact (its manifest metadata, see ``build_records``): the verification
+    # verdict and fallback, the latency against FP32 at build time, the confidence temperatures. None when the
+    # artifact came with no such records (a single file, an older build, older results).
+    build: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -75,6 +79,40 @@ class RunResult:
         values["accuracy"] = AccuracyReport.from_dict(d["accuracy"]) if d.get("accuracy") else None
         values["environment"] = dict(d.get("environment") or {})
         return cls(**values)
+
+
+#: The build-time records of an artifact's metadata that its run carries into the results.
+BUILD_RECORDS = ("verification", "latency_check", "confidence")
+_VERDICT_KEYS = ("artifact", "data", "samples", "passed", "breaches", "budget")
+_HEADLINE_KEYS = ("task", "headline", "value", "drop", "drop_basis")
+
+
+def build_records(metadata: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The records of ``BUILD_RECORDS`` in an artifact's metadata, for ``RunResult.build``; None when it has none.
+
+    A verification verdict keeps its outcome, budget and fallback plan but only the headline figures of each output
+    (the bench scores the outputs itself, with their plots); records that are not a verdict ("reference",
+    "skipped (--no-verify)") are kept as they are.
+    """
+    out = {}
+    for key in BUILD_RECORDS:
+        value = (metadata or {}).get(key)
+        if value is not None:
+            out[key] = _slim_verdict(value) if key == "verification" else value
+    return out or None
+
+
+def _slim_verdict(record: Any) -> Any:
+    if not isinstance(record, dict):
+        return record
+    slim = {k: record[k] for k in _VERDICT_KEYS if k in record}
+    slim["outputs"] = {name: {k: m.get(k) for k in _HEADLINE_KEYS}
+                       for name, m in (record.get("outputs") or {}).items() if isinstance(m, dict)}
+    if isinstance(record.get("before_fallback"), dict):
+        slim["before_fallback"] = _slim_verdict(record["before_fallback"])
+    if record.get("fallback"):
+        slim["fallback"] = record["fallback"]
+    return slim
 
 
 @dataclasses.dataclass
