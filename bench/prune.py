@@ -246,25 +246,17 @@ def _artifact(out: Path, precision: str) -> Path:
     return out / "cpu" / f"model.{precision}.onnx"
 
 
+#: Rows named in more than one place, and the rows that are timed.
+UNROUNDED = "pruned, channels as found (no rounding; L1, not fine-tuned), FP32"
+BASELINE = "pruned + fine-tuned with labels (peer baseline) FP32"
+TIMED = ["original FP32", "original INT8", UNROUNDED, "pruned + distilled FP32", "pruned + distilled INT8"]
+
+
 def run(quick: bool = False, work: Path | None = None, report: Any = None) -> str:
     """Train, prune, distill, build and measure; returns the Markdown section with PASS/FAIL per target."""
     import torch
 
-    from edgec.api import build
-    from edgec.compiler.cache import BuildCache
-    from edgec.compiler.context import BuildContext
-    from edgec.compiler.onnxutil import mac_count, parameter_count
-    from edgec.compiler.stages.export import ExportStage
-    from edgec.compiler.stages.load import load_checkpoint
-    from edgec.compiler.types import LoadedModel
-    from edgec.compiler.stages.prune import rebuild_pruned
-    from edgec.compiler.types import TensorSpec
-    from edgec.recipe import Recipe
-
-    import onnx
-
     effort = QUICK if quick else FULL
-    budget = effort.timing
     say = report or (lambda message: print(message, file=sys.stderr, flush=True))
     threads = torch.get_num_threads()
     # One thread: small-batch training is not faster on two, and on a busy machine OpenMP threads spin.
@@ -272,108 +264,153 @@ def run(quick: bool = False, work: Path | None = None, report: Any = None) -> st
     tmp = tempfile.TemporaryDirectory(prefix="edgec-bench-prune-") if work is None else None
     folder = Path(tmp.name) if tmp is not None else Path(work)
     folder.mkdir(parents=True, exist_ok=True)
-    cache = folder / "cache"
     try:
         started, load_start = time.perf_counter(), cpu_seconds()
         cpu = Cpu.read()
         data = digits32()
-        say(f"[bench-prune] training the teacher ({effort.teacher_epochs} epochs)")
-        t0 = time.perf_counter()
-        teacher = _train(resnet_digits(), torch.from_numpy(data["x_train"]), torch.from_numpy(data["y_train"]),
-                         effort.teacher_epochs, 2e-3, SEED)
-        teacher_seconds = (time.perf_counter() - t0) / effort.teacher_epochs
-        ckpt = folder / "resnet_digits.pt"
-        torch.save(teacher.state_dict(), ckpt)
-        np.savez(folder / "train.npz", input=data["x_train"])
-        np.save(folder / "train_labels.npy", data["y_train"])
-        np.savez(folder / "calib.npz", input=data["x_train"][:CALIB_SAMPLES])
+        teacher_seconds = _train_teacher(folder, data, effort, say)
+        m_orig, m_dist, m_odd = _builds(folder, effort, say)
+        ft_onnx, ft_seconds, ft_epochs = _peer_baseline(folder, data, effort, m_dist["prune"], say)
 
-        common = dict(checkpoint=str(ckpt), model_factory=FACTORY, inputs=[f"input:1x1x{SIZE}x{SIZE}"],
-                      target=["cpu"], seed=SEED)
-        train = dict(train_data=str(folder / "train.npz"), train_labels=str(folder / "train_labels.npy"))
-        prune = dict(prune_macs=MACS_TO_REMOVE, prune_criterion=CRITERION, prune_global=GLOBAL)
-
-        def built(name: str, **kw: Any) -> dict[str, Any]:
-            say(f"[bench-prune] edgec build: {name}")
-            with quiet():
-                result = build(Recipe(**common, out=str(folder / name), **kw), cache_dir=cache)
-            return result.manifest
-
-        int8 = dict(precision=["fp32", "int8"], calib=str(folder / "calib.npz"))
-        m_orig = built("original", **int8)
-        m_dist = built("distilled", **int8, **prune, **train, prune_round_to=ROUND_TO, distill=True,
-                       epochs=effort.epochs)
-        built("pruned", **prune, **train, prune_round_to=ROUND_TO)
-        # Only its latency matters, so the cheap criterion: Taylor would cost a gradient pass per step.
-        m_odd = built("pruned-unrounded", prune_macs=MACS_TO_REMOVE, prune_criterion="l1", prune_global=GLOBAL)
-
-        say(f"[bench-prune] peer baseline: fine-tuning with labels, {effort.epochs} epochs")
-        loaded = load_checkpoint(ckpt, (TensorSpec.parse(common["inputs"][0]),), FACTORY)
-        student = rebuild_pruned(loaded.module, _cached_pruned(cache, m_dist["prune"]))
-        student, ft_seconds, ft_epochs = finetune(student, data["x_train"], data["y_train"], effort.epochs)
-        ctx = BuildContext(work_dir=folder, cache=BuildCache(enabled=False))
-        (folder / "baseline-onnx").mkdir(exist_ok=True)
-        with quiet():
-            ft_onnx = ExportStage().run(
-                {"model": LoadedModel("torch", loaded.spec, ckpt, "fine-tuned", module=student)},
-                folder / "baseline-onnx", ctx,
-            ).path
-
-        x_eval, y_eval = data["x_eval"], data["y_eval"]
         rows = {
             "original FP32": _artifact(folder / "original", "fp32"),
             "original INT8": _artifact(folder / "original", "int8"),
-            "pruned, channels as found (no rounding; L1, not fine-tuned), FP32": _artifact(folder / "pruned-unrounded", "fp32"),
+            UNROUNDED: _artifact(folder / "pruned-unrounded", "fp32"),
             "pruned FP32, not fine-tuned": _artifact(folder / "pruned", "fp32"),
-            "pruned + fine-tuned with labels (peer baseline) FP32": ft_onnx,
+            BASELINE: ft_onnx,
             "pruned + distilled FP32": _artifact(folder / "distilled", "fp32"),
             "pruned + distilled INT8": _artifact(folder / "distilled", "int8"),
         }
-        say("[bench-prune] accuracy on the 360 held-out digits (ONNX Runtime)")
-        acc = {name: _onnx_accuracy(path, x_eval, y_eval) for name, path in rows.items()}
-        timed = ["original FP32", "original INT8", "pruned, channels as found (no rounding; L1, not fine-tuned), FP32",
-                 "pruned + distilled FP32", "pruned + distilled INT8"]
-        say(f"[bench-prune] latency: {budget.rounds} rounds x {budget.seconds}s per row, one thread")
-        feeds = [x_eval[i:i + 1] for i in range(16)]
-        lat = _latencies({n: rows[n] for n in timed}, feeds, budget)
-        figures = {}
-        for name, path in rows.items():
-            # An INT8 file holds its weights as integers: count them on its FP32 sibling.
-            model = onnx.load(str(path).replace(".int8.onnx", ".fp32.onnx"))
-            figures[name] = (parameter_count(model), mac_count(model))
+        acc, lat, figures = _measure(rows, data, effort.timing, say)
         base = lat["original FP32"]
-
-        distill = m_dist["distill"]
-        prune_fig = m_dist["prune"]
-        odd_fig = m_odd["prune"]
-        fp32_ratio = lat["pruned + distilled FP32"] / base
-        int8_ratio = lat["pruned + distilled INT8"] / base
-        odd_ratio = lat["pruned, channels as found (no rounding; L1, not fine-tuned), FP32"] / base
-        drop = acc["original FP32"] - acc["pruned + distilled FP32"]
-        checks = [
-            Check(f"MACs removed >= {MACS_TO_REMOVE:.0%}", f"{prune_fig['macs_removed']:.1%}",
-                  prune_fig["macs_removed"] >= MACS_TO_REMOVE),
-            Check(f"top-1 after distillation within {MAX_ACCURACY_DROP:g} point of the original",
-                  f"{acc['pruned + distilled FP32']:.2f}% vs {acc['original FP32']:.2f}% ({-drop:+.2f})",
-                  drop <= MAX_ACCURACY_DROP),
-            Check(f"pruned FP32 latency <= {MAX_FP32_RATIO}x original FP32", f"{fp32_ratio:.2f}x",
-                  fp32_ratio <= MAX_FP32_RATIO),
-            Check(f"pruned + INT8 latency <= {MAX_INT8_RATIO}x original FP32", f"{int8_ratio:.2f}x",
-                  int8_ratio <= MAX_INT8_RATIO),
-            Check(f"distillation recovers at least as well as fine-tuning with labels ({effort.epochs} epochs each)",
-                  f"{acc['pruned + distilled FP32']:.2f}% vs "
-                  f"{acc['pruned + fine-tuned with labels (peer baseline) FP32']:.2f}%",
-                  acc["pruned + distilled FP32"] >= acc["pruned + fine-tuned with labels (peer baseline) FP32"]),
-        ]
+        checks = _checks(effort, acc, lat, m_dist["prune"])
         total = time.perf_counter() - started
         machine = (f"{cpu.arch}, {cpu.cores} cores ({int8_kernels(cpu, int8_build(m_orig))}); other processes: "
                    f"{others_busy(load_start, cpu_seconds(), total, cpu.cores)}")
-        return _markdown(quick, effort, rows, acc, lat, figures, base, checks, distill, prune_fig, odd_fig,
-                         odd_ratio, teacher_seconds, ft_seconds, ft_epochs, total, machine)
+        return _markdown(quick, effort, rows, acc, lat, figures, base, checks, m_dist["distill"], m_dist["prune"],
+                         m_odd["prune"], lat[UNROUNDED] / base, teacher_seconds, ft_seconds, ft_epochs, total,
+                         machine)
     finally:
         torch.set_num_threads(threads)
         if tmp is not None:
             tmp.cleanup()
+
+
+def _train_teacher(folder: Path, data: dict[str, np.ndarray], effort: Effort, say: Any) -> float:
+    """Train the original model and write its checkpoint and the data files the builds read; seconds per epoch."""
+    import torch
+
+    say(f"[bench-prune] training the teacher ({effort.teacher_epochs} epochs)")
+    t0 = time.perf_counter()
+    teacher = _train(resnet_digits(), torch.from_numpy(data["x_train"]), torch.from_numpy(data["y_train"]),
+                     effort.teacher_epochs, 2e-3, SEED)
+    teacher_seconds = (time.perf_counter() - t0) / effort.teacher_epochs
+    torch.save(teacher.state_dict(), folder / "resnet_digits.pt")
+    np.savez(folder / "train.npz", input=data["x_train"])
+    np.save(folder / "train_labels.npy", data["y_train"])
+    np.savez(folder / "calib.npz", input=data["x_train"][:CALIB_SAMPLES])
+    return teacher_seconds
+
+
+def _common(folder: Path) -> dict[str, Any]:
+    """The recipe fields every build of the section shares."""
+    return dict(checkpoint=str(folder / "resnet_digits.pt"), model_factory=FACTORY,
+                inputs=[f"input:1x1x{SIZE}x{SIZE}"], target=["cpu"], seed=SEED)
+
+
+def _builds(folder: Path, effort: Effort, say: Any) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """The edgec builds (original, distilled, pruned, pruned-unrounded); the manifests of the first, second, last."""
+    from edgec.api import build
+    from edgec.recipe import Recipe
+
+    common = _common(folder)
+    train = dict(train_data=str(folder / "train.npz"), train_labels=str(folder / "train_labels.npy"))
+    prune = dict(prune_macs=MACS_TO_REMOVE, prune_criterion=CRITERION, prune_global=GLOBAL)
+
+    def built(name: str, **kw: Any) -> dict[str, Any]:
+        say(f"[bench-prune] edgec build: {name}")
+        with quiet():
+            result = build(Recipe(**common, out=str(folder / name), **kw), cache_dir=folder / "cache")
+        return result.manifest
+
+    int8 = dict(precision=["fp32", "int8"], calib=str(folder / "calib.npz"))
+    m_orig = built("original", **int8)
+    m_dist = built("distilled", **int8, **prune, **train, prune_round_to=ROUND_TO, distill=True,
+                   epochs=effort.epochs)
+    built("pruned", **prune, **train, prune_round_to=ROUND_TO)
+    # Only its latency matters, so the cheap criterion: Taylor would cost a gradient pass per step.
+    m_odd = built("pruned-unrounded", prune_macs=MACS_TO_REMOVE, prune_criterion="l1", prune_global=GLOBAL)
+    return m_orig, m_dist, m_odd
+
+
+def _peer_baseline(folder: Path, data: dict[str, np.ndarray], effort: Effort, prune_figures: dict[str, Any],
+                   say: Any) -> tuple[Path, float, int]:
+    """Fine-tune the distilled build's pruned model with labels and export it: the ONNX file, seconds per epoch,
+    epochs run."""
+    from edgec.compiler.cache import BuildCache
+    from edgec.compiler.context import BuildContext
+    from edgec.compiler.stages.export import ExportStage
+    from edgec.compiler.stages.load import load_checkpoint
+    from edgec.compiler.stages.prune import rebuild_pruned
+    from edgec.compiler.types import LoadedModel, TensorSpec
+
+    say(f"[bench-prune] peer baseline: fine-tuning with labels, {effort.epochs} epochs")
+    common = _common(folder)
+    ckpt = Path(common["checkpoint"])
+    loaded = load_checkpoint(ckpt, (TensorSpec.parse(common["inputs"][0]),), FACTORY)
+    student = rebuild_pruned(loaded.module, _cached_pruned(folder / "cache", prune_figures))
+    student, ft_seconds, ft_epochs = finetune(student, data["x_train"], data["y_train"], effort.epochs)
+    ctx = BuildContext(work_dir=folder, cache=BuildCache(enabled=False))
+    (folder / "baseline-onnx").mkdir(exist_ok=True)
+    with quiet():
+        ft_onnx = ExportStage().run(
+            {"model": LoadedModel("torch", loaded.spec, ckpt, "fine-tuned", module=student)},
+            folder / "baseline-onnx", ctx,
+        ).path
+    return ft_onnx, ft_seconds, ft_epochs
+
+
+def _measure(rows: dict[str, Path], data: dict[str, np.ndarray], budget: Budget, say: Any
+             ) -> tuple[dict[str, float], dict[str, float], dict[str, tuple[int, int]]]:
+    """Top-1 of every row, latency of the timed rows, and (params, MACs) of every row."""
+    import onnx
+
+    from edgec.compiler.onnxutil import mac_count, parameter_count
+
+    x_eval, y_eval = data["x_eval"], data["y_eval"]
+    say("[bench-prune] accuracy on the 360 held-out digits (ONNX Runtime)")
+    acc = {name: _onnx_accuracy(path, x_eval, y_eval) for name, path in rows.items()}
+    say(f"[bench-prune] latency: {budget.rounds} rounds x {budget.seconds}s per row, one thread")
+    feeds = [x_eval[i:i + 1] for i in range(16)]
+    lat = _latencies({n: rows[n] for n in TIMED}, feeds, budget)
+    figures = {}
+    for name, path in rows.items():
+        # An INT8 file holds its weights as integers: count them on its FP32 sibling.
+        model = onnx.load(str(path).replace(".int8.onnx", ".fp32.onnx"))
+        figures[name] = (parameter_count(model), mac_count(model))
+    return acc, lat, figures
+
+
+def _checks(effort: Effort, acc: dict[str, float], lat: dict[str, float], prune_fig: dict[str, Any]) -> list[Check]:
+    """The targets of the pruning issue, each with what was measured."""
+    base = lat["original FP32"]
+    fp32_ratio = lat["pruned + distilled FP32"] / base
+    int8_ratio = lat["pruned + distilled INT8"] / base
+    drop = acc["original FP32"] - acc["pruned + distilled FP32"]
+    return [
+        Check(f"MACs removed >= {MACS_TO_REMOVE:.0%}", f"{prune_fig['macs_removed']:.1%}",
+              prune_fig["macs_removed"] >= MACS_TO_REMOVE),
+        Check(f"top-1 after distillation within {MAX_ACCURACY_DROP:g} point of the original",
+              f"{acc['pruned + distilled FP32']:.2f}% vs {acc['original FP32']:.2f}% ({-drop:+.2f})",
+              drop <= MAX_ACCURACY_DROP),
+        Check(f"pruned FP32 latency <= {MAX_FP32_RATIO}x original FP32", f"{fp32_ratio:.2f}x",
+              fp32_ratio <= MAX_FP32_RATIO),
+        Check(f"pruned + INT8 latency <= {MAX_INT8_RATIO}x original FP32", f"{int8_ratio:.2f}x",
+              int8_ratio <= MAX_INT8_RATIO),
+        Check(f"distillation recovers at least as well as fine-tuning with labels ({effort.epochs} epochs each)",
+              f"{acc['pruned + distilled FP32']:.2f}% vs {acc[BASELINE]:.2f}%",
+              acc["pruned + distilled FP32"] >= acc[BASELINE]),
+    ]
 
 
 COLUMNS = ("model", "params", "MACs", "top-1 %", "p50 ms", "latency vs original FP32")

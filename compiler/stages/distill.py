@@ -33,6 +33,7 @@ from edgec.compiler.modelio import flatten_outputs, import_callable
 from edgec.compiler.stage import Stage
 from edgec.compiler.stages.prune import (
     MODEL_FILE,
+    ClassOutputs,
     PrunedModel,
     _torch,
     class_outputs,
@@ -119,6 +120,22 @@ def build_student(factory: str) -> Any:
     return built
 
 
+@dataclasses.dataclass
+class _TrainingSet:
+    """The training data as tensors, the teacher's outputs on it, and its held-out split."""
+
+    xs: list[Any]
+    y: Any  # the labels as a tensor when the hard-label loss uses them, else None
+    t_outs: list[Any]
+    classes: ClassOutputs
+    train_idx: Any
+    n_val: int
+    val_x: list[Any]
+    val_t: list[Any]
+    val_y: Any  # the held-out labels, when labels are given
+    w_hard: float  # the hard-label loss's weight (0 without labels for it)
+
+
 class DistillStage(Stage):
     """Train ``student`` (the value named by ``student_source``, or the one ``student`` builds) to match the teacher."""
 
@@ -185,9 +202,7 @@ class DistillStage(Stage):
 
     def run(self, inputs: dict[str, Any], out_dir: Path, ctx: BuildContext) -> DistilledModel:
         torch = _torch()
-        F = torch.nn.functional
         loaded: LoadedModel = inputs["model"]
-        data: CalibrationSet = inputs["train_data"]
         spec = loaded.spec
         opts = self.opts
         torch.manual_seed(opts.seed)
@@ -198,15 +213,53 @@ class DistillStage(Stage):
                 hint="build from the PyTorch checkpoint",
             )
         teacher = self._teacher(loaded)
+        student, student_name = self._student(inputs, teacher)
+        self._check_shapes(teacher, student, spec, student_name)
+        data = self._training_set(teacher, inputs["train_data"], spec)
+
+        features = _Features(teacher, student, opts.feature_layers, data.xs, spec) if opts.feature_layers else None
+        params = list(student.parameters()) + (features.parameters() if features else [])
+        optimizer = torch.optim.Adam(params, lr=opts.lr)
+        steps_per_epoch = max(1, len(data.train_idx) // opts.batch_size)
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=opts.epochs * steps_per_epoch)
+        writer = self._writer(out_dir)
+        gen = torch.Generator().manual_seed(opts.seed)
+
+        start = self._score(student, data, spec)
+        ctx.report(
+            f"[distill] {len(data.train_idx)} training / {data.n_val} held-out samples; held-out agreement with the "
+            f"teacher before: {start[0]:.2f}%"
+        )
+        best, history, epoch_seconds = self._epochs(student, features, data, spec, optimizer, scheduler, writer, gen,
+                                                    start[0], ctx)
+        if writer is not None:
+            writer.close()
+        if features is not None:
+            features.close()
+
+        student.load_state_dict(best[2])
+        student.eval()
+        final = self._score(student, data, spec)
+        figures = self._figures(teacher, student, spec, student_name, data, start, final, best[1], history,
+                                epoch_seconds)
+        ctx.report(
+            f"[distill] kept epoch {best[1]}: held-out agreement {start[0]:.2f}% -> {final[0]:.2f}%, "
+            f"{figures['seconds_per_epoch']:.2f}s per epoch"
+        )
+        torch.save(student.state_dict(), str(out_dir / WEIGHTS_FILE))
+        ep = save_torch_model(student, spec, out_dir, "distilled")
+        return DistilledModel("torch", spec, loaded.source, "distilled", module=student, exported=ep, figures=figures)
+
+    def _student(self, inputs: dict[str, Any], teacher: Any) -> tuple[Any, str]:
+        """The student to train (the pruned model rebuilt, or the one --student builds) and its name in messages."""
         if self.student_source:
             pruned: PrunedModel = inputs[self.student_source]
-            student = rebuild_pruned(teacher if is_plain_module(teacher) else None, pruned)
-            student_name = "the pruned model"
-        else:
-            student = build_student(self.student)
-            student_name = f"--student {self.student}"
-        self._check_shapes(teacher, student, spec, student_name)
+            return rebuild_pruned(teacher if is_plain_module(teacher) else None, pruned), "the pruned model"
+        return build_student(self.student), f"--student {self.student}"
 
+    def _training_set(self, teacher: Any, data: CalibrationSet, spec: InputSpec) -> _TrainingSet:
+        """The training data as tensors with the teacher's outputs on it, split into training and held-out parts."""
+        torch = _torch()
         arrays = stacked_inputs(data, spec)
         xs = [torch.from_numpy(np.ascontiguousarray(arrays[n])) for n in spec.input_names]
         count = len(xs[0])
@@ -221,86 +274,50 @@ class DistillStage(Stage):
                 hint="pass --hard-label-weight 0",
             )
 
-        rng = np.random.default_rng(opts.seed)
+        rng = np.random.default_rng(self.opts.seed)
         perm = rng.permutation(count)
-        n_val = min(count - 2, max(2, int(round(opts.val_fraction * count))))
+        n_val = min(count - 2, max(2, int(round(self.opts.val_fraction * count))))
         val_idx = torch.from_numpy(np.sort(perm[:n_val]))
         train_idx = torch.from_numpy(np.sort(perm[n_val:]))
-        val_x = [x[val_idx] for x in xs]
-        val_t = [t[val_idx] for t in t_outs]
-        val_y = torch.from_numpy(np.asarray(labels)).long()[val_idx] if labels is not None else None
-
-        features = _Features(teacher, student, opts.feature_layers, xs, spec) if opts.feature_layers else None
-        params = list(student.parameters()) + (features.parameters() if features else [])
-        optimizer = torch.optim.Adam(params, lr=opts.lr)
-        steps_per_epoch = max(1, len(train_idx) // opts.batch_size)
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=opts.epochs * steps_per_epoch)
-        writer = self._writer(out_dir)
-        gen = torch.Generator().manual_seed(opts.seed)
-
-        def score(model: Any) -> tuple[float, float | None]:
-            outs = self._infer(model, val_x, spec, trainable=True)
-            k = classes.main
-            if k is not None:
-                agree = float((outs[k].argmax(1) == val_t[k].argmax(1)).float().mean() * 100)
-            else:
-                agree = -float(F.mse_loss(outs[0], val_t[0]))
-            acc = None
-            if val_y is not None and classes.labelled is not None:
-                acc = float((outs[classes.labelled].argmax(1) == val_y).float().mean() * 100)
-            return agree, acc
-
-        start_agree, start_acc = score(student)
-        best = (start_agree, 0, {k: v.detach().clone() for k, v in student.state_dict().items()})
-        ctx.report(
-            f"[distill] {len(train_idx)} training / {n_val} held-out samples; held-out agreement with the teacher "
-            f"before: {start_agree:.2f}%"
+        return _TrainingSet(
+            xs=xs, y=y, t_outs=t_outs, classes=classes, train_idx=train_idx, n_val=n_val,
+            val_x=[x[val_idx] for x in xs], val_t=[t[val_idx] for t in t_outs],
+            val_y=torch.from_numpy(np.asarray(labels)).long()[val_idx] if labels is not None else None,
+            w_hard=self.hard_weight if y is not None else 0.0,
         )
-        history = []
-        epoch_seconds = []
+
+    def _score(self, model: Any, data: _TrainingSet, spec: InputSpec) -> tuple[float, float | None]:
+        """Held-out top-1 agreement with the teacher (or minus the MSE without class outputs), and accuracy."""
+        F = _torch().nn.functional
+        outs = self._infer(model, data.val_x, spec, trainable=True)
+        classes = data.classes
+        k = classes.main
+        if k is not None:
+            agree = float((outs[k].argmax(1) == data.val_t[k].argmax(1)).float().mean() * 100)
+        else:
+            agree = -float(F.mse_loss(outs[0], data.val_t[0]))
+        acc = None
+        if data.val_y is not None and classes.labelled is not None:
+            acc = float((outs[classes.labelled].argmax(1) == data.val_y).float().mean() * 100)
+        return agree, acc
+
+    def _epochs(self, student: Any, features: _Features | None, data: _TrainingSet, spec: InputSpec,
+                optimizer: Any, scheduler: Any, writer: Any, gen: Any, start_agree: float, ctx: BuildContext
+                ) -> tuple[tuple[float, int, dict[str, Any]], list[dict[str, Any]], list[float]]:
+        """Train until ``patience`` epochs bring no better agreement: the best (agreement, epoch, weights), each
+        epoch's figures and seconds."""
+        opts = self.opts
+        best = (start_agree, 0, {k: v.detach().clone() for k, v in student.state_dict().items()})
+        history: list[dict[str, Any]] = []
+        epoch_seconds: list[float] = []
         stale = 0
-        T = opts.temperature
-        w_hard = self.hard_weight if y is not None else 0.0
         for epoch in range(1, opts.epochs + 1):
             t0 = time.perf_counter()
-            student.train()
-            order = train_idx[torch.randperm(len(train_idx), generator=gen)]
-            total = 0.0
-            batches = 0
-            steps = range(0, len(order), opts.batch_size)
-            for i in track(ctx.report, f"[distill] epoch {epoch}/{opts.epochs}", steps):
-                idx = order[i:i + opts.batch_size]
-                if len(idx) < 2:
-                    continue  # BatchNorm cannot train on one sample
-                batch = [x[idx] for x in xs]
-                s_outs = flatten_outputs(student(*batch)) if features is None else features.student_run(batch)
-                loss = 0.0
-                for k, (s, t) in enumerate(zip(s_outs, t_outs)):
-                    t = t[idx]
-                    if k in classes:
-                        s, t = classes.logits(k, s), classes.logits(k, t)
-                        soft = F.kl_div(F.log_softmax(s / T, 1), F.log_softmax(t / T, 1), reduction="none",
-                                        log_target=True).sum(1).mean() * (T * T)
-                    else:
-                        soft = F.mse_loss(s, t)
-                    loss = loss + (1.0 - w_hard) * soft
-                if w_hard:
-                    k = classes.labelled
-                    loss = loss + w_hard * F.cross_entropy(classes.logits(k, s_outs[k]), y[idx])
-                if features is not None:
-                    loss = loss + opts.feature_weight * features.loss(batch)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
-                total += float(loss.detach())
-                batches += 1
+            mean_loss = self._train_epoch(student, features, data, optimizer, scheduler, gen, epoch, ctx)
             student.eval()
-            agree, acc = score(student)
+            agree, acc = self._score(student, data, spec)
             seconds = time.perf_counter() - t0
             epoch_seconds.append(seconds)
-            lr = optimizer.param_groups[0]["lr"]
-            mean_loss = total / max(1, batches)
             improved = agree > best[0]
             if improved:
                 best = (agree, epoch, {k: v.detach().clone() for k, v in student.state_dict().items()})
@@ -309,56 +326,101 @@ class DistillStage(Stage):
                 stale += 1
             history.append({"epoch": epoch, "loss": round(mean_loss, 5), "agreement": round(agree, 3),
                             "accuracy": None if acc is None else round(acc, 3), "seconds": round(seconds, 3)})
-            ctx.report(
-                f"[distill] epoch {epoch}/{opts.epochs}: loss {mean_loss:.4f}, held-out agreement {agree:.2f}%"
-                + (f", accuracy {acc:.2f}%" if acc is not None else "")
-                + f", lr {lr:.2e}, {seconds:.1f}s" + (" (best)" if improved else "")
-            )
-            if writer is not None:
-                writer.add_scalar("train/loss", mean_loss, epoch)
-                writer.add_scalar("held_out/agreement", agree, epoch)
-                if acc is not None:
-                    writer.add_scalar("held_out/accuracy", acc, epoch)
-                writer.add_scalar("train/lr", lr, epoch)
+            self._log_epoch(ctx, writer, epoch, mean_loss, agree, acc, optimizer.param_groups[0]["lr"], seconds,
+                            improved)
             if stale >= opts.patience:
                 ctx.report(f"[distill] stopping early: no better agreement for {opts.patience} epochs")
                 break
-        if writer is not None:
-            writer.close()
-        if features is not None:
-            features.close()
+        return best, history, epoch_seconds
 
-        student.load_state_dict(best[2])
-        student.eval()
-        final_agree, final_acc = score(student)
+    def _train_epoch(self, student: Any, features: _Features | None, data: _TrainingSet, optimizer: Any,
+                     scheduler: Any, gen: Any, epoch: int, ctx: BuildContext) -> float:
+        """One pass over the training part in shuffled batches; the mean loss."""
+        torch = _torch()
+        opts = self.opts
+        student.train()
+        order = data.train_idx[torch.randperm(len(data.train_idx), generator=gen)]
+        total = 0.0
+        batches = 0
+        steps = range(0, len(order), opts.batch_size)
+        for i in track(ctx.report, f"[distill] epoch {epoch}/{opts.epochs}", steps):
+            idx = order[i:i + opts.batch_size]
+            if len(idx) < 2:
+                continue  # BatchNorm cannot train on one sample
+            loss = self._loss(student, features, data, idx)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            total += float(loss.detach())
+            batches += 1
+        return total / max(1, batches)
+
+    def _loss(self, student: Any, features: _Features | None, data: _TrainingSet, idx: Any) -> Any:
+        """The batch's loss: softened KL (class outputs) or MSE (others), hard-label cross-entropy, feature MSE."""
+        F = _torch().nn.functional
+        T = self.opts.temperature
+        w_hard = data.w_hard
+        classes = data.classes
+        batch = [x[idx] for x in data.xs]
+        s_outs = flatten_outputs(student(*batch)) if features is None else features.student_run(batch)
+        loss = 0.0
+        for k, (s, t) in enumerate(zip(s_outs, data.t_outs)):
+            t = t[idx]
+            if k in classes:
+                s, t = classes.logits(k, s), classes.logits(k, t)
+                soft = F.kl_div(F.log_softmax(s / T, 1), F.log_softmax(t / T, 1), reduction="none",
+                                log_target=True).sum(1).mean() * (T * T)
+            else:
+                soft = F.mse_loss(s, t)
+            loss = loss + (1.0 - w_hard) * soft
+        if w_hard:
+            k = classes.labelled
+            loss = loss + w_hard * F.cross_entropy(classes.logits(k, s_outs[k]), data.y[idx])
+        if features is not None:
+            loss = loss + self.opts.feature_weight * features.loss(batch)
+        return loss
+
+    def _log_epoch(self, ctx: BuildContext, writer: Any, epoch: int, mean_loss: float, agree: float,
+                   acc: float | None, lr: float, seconds: float, improved: bool) -> None:
+        """Report an epoch's figures, and write them to TensorBoard when asked."""
+        ctx.report(
+            f"[distill] epoch {epoch}/{self.opts.epochs}: loss {mean_loss:.4f}, held-out agreement {agree:.2f}%"
+            + (f", accuracy {acc:.2f}%" if acc is not None else "")
+            + f", lr {lr:.2e}, {seconds:.1f}s" + (" (best)" if improved else "")
+        )
+        if writer is not None:
+            writer.add_scalar("train/loss", mean_loss, epoch)
+            writer.add_scalar("held_out/agreement", agree, epoch)
+            if acc is not None:
+                writer.add_scalar("held_out/accuracy", acc, epoch)
+            writer.add_scalar("train/lr", lr, epoch)
+
+    def _figures(self, teacher: Any, student: Any, spec: InputSpec, student_name: str, data: _TrainingSet,
+                 start: tuple[float, float | None], final: tuple[float, float | None], best_epoch: int,
+                 history: list[dict[str, Any]], epoch_seconds: list[float]) -> dict[str, Any]:
+        """The figures the manifest records: sizes of both models, agreement and accuracy before and after."""
         args = example_args(spec)
         t_macs, t_params = count_macs_params(teacher, args)
         s_macs, s_params = count_macs_params(student, args)
-        figures = {
+        return {
             "student": student_name,
             "teacher_params": t_params,
             "teacher_macs": t_macs,
             "student_params": s_params,
             "student_macs": s_macs,
-            "train_samples": int(len(train_idx)),
-            "held_out_samples": int(n_val),
-            "hard_label_weight": w_hard,
-            "agreement_before": round(start_agree, 3),
-            "agreement_after": round(final_agree, 3),
-            "accuracy_before": None if start_acc is None else round(start_acc, 3),
-            "accuracy_after": None if final_acc is None else round(final_acc, 3),
-            "best_epoch": best[1],
+            "train_samples": int(len(data.train_idx)),
+            "held_out_samples": int(data.n_val),
+            "hard_label_weight": data.w_hard,
+            "agreement_before": round(start[0], 3),
+            "agreement_after": round(final[0], 3),
+            "accuracy_before": None if start[1] is None else round(start[1], 3),
+            "accuracy_after": None if final[1] is None else round(final[1], 3),
+            "best_epoch": best_epoch,
             "epochs_run": len(history),
             "seconds_per_epoch": round(float(np.mean(epoch_seconds)), 3) if epoch_seconds else 0.0,
             "history": history,
         }
-        ctx.report(
-            f"[distill] kept epoch {best[1]}: held-out agreement {start_agree:.2f}% -> {final_agree:.2f}%, "
-            f"{figures['seconds_per_epoch']:.2f}s per epoch"
-        )
-        torch.save(student.state_dict(), str(out_dir / WEIGHTS_FILE))
-        ep = save_torch_model(student, spec, out_dir, "distilled")
-        return DistilledModel("torch", spec, loaded.source, "distilled", module=student, exported=ep, figures=figures)
 
     def _teacher(self, loaded: LoadedModel) -> Any:
         """A module to run the teacher with: a trainable copy when one can be had (needed for feature hooks

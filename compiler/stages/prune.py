@@ -544,16 +544,7 @@ class PruneStage(Stage):
         producers = output_layers(module, graph, outs)
         del graph, outs  # they hold the traced forward pass's activations
         heads = list(dict.fromkeys(name for layers in producers for name in layers))
-        protected = list(heads)
-        for pattern in self.protect:
-            hits = [n for n in names.values() if n and fnmatch.fnmatchcase(n, pattern)]
-            if not hits:
-                some = ", ".join(n for n in list(names.values())[1:9] if n)
-                raise ConfigError(
-                    f"--protect '{pattern}' matches no module of the model",
-                    hint=f"patterns are fnmatch patterns on module names, e.g. 'stem.*'; some names: {some}",
-                )
-            protected.extend(h for h in hits if h not in protected)
+        protected = self._protected(heads, names)
         ignored = [module.get_submodule(n) for n in protected]
 
         importance = _GroupWatch({
@@ -564,68 +555,13 @@ class PruneStage(Stage):
         taylor = self._taylor_batches(inputs.get("train_data"), loaded, module) if self.criterion == "taylor" else None
 
         torch.manual_seed(self.seed)
-        skipped: list[str] = []
+        target = macs_before * (1.0 - self.macs) if self.macs is not None else None
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            pruner = self._traced(module, loaded, lambda: tp.pruner.BasePruner(
-                module, args, importance,
-                global_pruning=self.global_pruning,
-                pruning_ratio=self.ratio if self.ratio is not None else MAX_RATIO,
-                max_pruning_ratio=MAX_RATIO,
-                iterative_steps=1 if self.ratio is not None else MAC_STEPS,
-                ignored_layers=ignored,
-                round_to=self.round_to,
-                # Without it torch-pruning retries a failed forward with the tuple as one argument,
-                # and reports that second, confusing failure.
-                forward_fn=lambda model, inputs: model(*inputs),
-            ))
-            map_permuted_flattens(pruner.DG)
-            importance.watch(pruner.DG)
-            groups = sum(1 for _ in pruner.DG.get_all_groups(ignored_layers=pruner.ignored_layers,
-                                                             root_module_types=pruner.root_module_types))
-            if groups == 0:
-                raise ConfigError(
-                    f"nothing to prune in '{loaded.source}': every prunable layer is protected or untraceable",
-                    hint=f"protected: {', '.join(protected) or 'none'}; protect fewer layers",
-                )
-            steps = 0
-            macs_now = macs_before
-            target = macs_before * (1.0 - self.macs) if self.macs is not None else None
-            try:
-                while True:
-                    if taylor is not None:
-                        _taylor_gradients(module, *taylor)
-                    for group in pruner.step(interactive=True):
-                        importance.current = group
-                        group.prune()
-                    importance.current = None
-                    steps += 1
-                    macs_now, _ = count_macs_params(module, args)
-                    if target is None or macs_now <= target or steps >= MAC_STEPS:
-                        break
-            except Exception as exc:
-                layer, related = importance.failed_on()
-                if layer is None:
-                    raise PruneError(
-                        f"torch-pruning failed while pruning '{loaded.source}': {_reason(exc)}",
-                        hint="prune less, or --protect the layers around the construct torch-pruning cannot follow",
-                    ) from None
-                also = f" and the layers that depend on it ({', '.join(related)})" if related else ""
-                raise PruneError(
-                    f"torch-pruning failed on layer '{layer}' ({type(module.get_submodule(layer)).__name__}){also} "
-                    f"of '{loaded.source}': {_reason(exc)}",
-                    hint=f"--protect '{layer}' (its channels are then kept), or prune less",
-                ) from None
+            pruner = self._pruner(module, loaded, args, importance, ignored, protected)
+            steps, macs_now = self._prune_steps(module, loaded, args, pruner, importance, taylor, target, macs_before)
             module.zero_grad(set_to_none=True)
-            for w in caught:
-                if "torch_pruning" not in str(w.filename):
-                    continue  # torch's own warnings say nothing about what was pruned
-                line = str(w.message).strip().splitlines()[0]
-                if "Unwrapped parameters" in line:
-                    line = (f"parameters used outside a layer ({line.split(':', 1)[1].strip()[:200]}): pruned "
-                            "along their last non-singleton axis")
-                if line not in skipped:
-                    skipped.append(line)
+            skipped = _warned(caught)
             traced = set(pruner.DG.module2node)
 
         if target is not None and macs_now > target:
@@ -635,13 +571,7 @@ class PruneStage(Stage):
                 hint=f"protect fewer layers (protected: {', '.join(protected)}) or ask for less",
             )
         kept = {n for n in names.values() if any(n == p or n.startswith(p + ".") for p in protected)}
-        for name, sub in module.named_modules():
-            if isinstance(sub, types) and sub not in traced and name not in kept:
-                skipped.append(f"{name} ({type(sub).__name__}): not reached when torch-pruning traced the model "
-                               "(detached, computed without autograd, or unused): left unpruned")
-            if isinstance(sub, torch.nn.MultiheadAttention) and name not in kept:
-                skipped.append(f"{name} (MultiheadAttention): keeps its {sub.num_heads} heads; torch-pruning narrows "
-                               "each head's width instead (removing whole heads needs separate q/k/v Linear layers)")
+        skipped.extend(_left_unpruned(module, types, traced, kept))
         self._check(module, loaded, args, producers)
 
         macs_after, params_after = count_macs_params(module, args)
@@ -649,11 +579,7 @@ class PruneStage(Stage):
         before = sum(channels_before[n] for n in removable)
         after = sum(_out_channels(module.get_submodule(n)) for n in removable)
         figures = {
-            "criterion": self.criterion,
-            "mode": "ratio" if self.ratio is not None else "macs",
-            "requested": self.ratio if self.ratio is not None else self.macs,
-            "global": self.global_pruning,
-            "round_to": self.round_to,
+            **self._settings(),
             "steps": steps,
             "params_before": params_before,
             "params_after": params_after,
@@ -673,7 +599,100 @@ class PruneStage(Stage):
         )
         for line in skipped:
             ctx.report(f"[prune] skipped: {line}")
+        return self._save_pruned(module, loaded, attrs_before, figures, out_dir)
 
+    def _settings(self) -> dict[str, Any]:
+        """The figures that restate what was asked for."""
+        return {
+            "criterion": self.criterion,
+            "mode": "ratio" if self.ratio is not None else "macs",
+            "requested": self.ratio if self.ratio is not None else self.macs,
+            "global": self.global_pruning,
+            "round_to": self.round_to,
+        }
+
+    def _protected(self, heads: list[str], names: dict[Any, str]) -> list[str]:
+        """The layers kept whole: those producing an output, then those ``--protect`` patterns match."""
+        protected = list(heads)
+        for pattern in self.protect:
+            hits = [n for n in names.values() if n and fnmatch.fnmatchcase(n, pattern)]
+            if not hits:
+                some = ", ".join(n for n in list(names.values())[1:9] if n)
+                raise ConfigError(
+                    f"--protect '{pattern}' matches no module of the model",
+                    hint=f"patterns are fnmatch patterns on module names, e.g. 'stem.*'; some names: {some}",
+                )
+            protected.extend(h for h in hits if h not in protected)
+        return protected
+
+    def _pruner(self, module: Any, loaded: LoadedModel, args: tuple, importance: _GroupWatch, ignored: list[Any],
+                protected: list[str]) -> Any:
+        """torch-pruning's pruner over the traced model; refused when it finds no group to prune."""
+        tp = _torch_pruning()
+        pruner = self._traced(module, loaded, lambda: tp.pruner.BasePruner(
+            module, args, importance,
+            global_pruning=self.global_pruning,
+            pruning_ratio=self.ratio if self.ratio is not None else MAX_RATIO,
+            max_pruning_ratio=MAX_RATIO,
+            iterative_steps=1 if self.ratio is not None else MAC_STEPS,
+            ignored_layers=ignored,
+            round_to=self.round_to,
+            # Without it torch-pruning retries a failed forward with the tuple as one argument,
+            # and reports that second, confusing failure.
+            forward_fn=lambda model, inputs: model(*inputs),
+        ))
+        map_permuted_flattens(pruner.DG)
+        importance.watch(pruner.DG)
+        groups = sum(1 for _ in pruner.DG.get_all_groups(ignored_layers=pruner.ignored_layers,
+                                                         root_module_types=pruner.root_module_types))
+        if groups == 0:
+            raise ConfigError(
+                f"nothing to prune in '{loaded.source}': every prunable layer is protected or untraceable",
+                hint=f"protected: {', '.join(protected) or 'none'}; protect fewer layers",
+            )
+        return pruner
+
+    def _prune_steps(self, module: Any, loaded: LoadedModel, args: tuple, pruner: Any, importance: _GroupWatch,
+                     taylor: tuple[list[tuple], ClassOutputs] | None, target: float | None, macs_before: int
+                     ) -> tuple[int, int]:
+        """Prune step by step until the MAC target (one step for a ratio): the steps taken and the MACs left.
+
+        A failure inside torch-pruning is a PruneError naming the layer whose group it was pruning.
+        """
+        steps = 0
+        macs_now = macs_before
+        try:
+            while True:
+                if taylor is not None:
+                    _taylor_gradients(module, *taylor)
+                for group in pruner.step(interactive=True):
+                    importance.current = group
+                    group.prune()
+                importance.current = None
+                steps += 1
+                macs_now, _ = count_macs_params(module, args)
+                if target is None or macs_now <= target or steps >= MAC_STEPS:
+                    break
+        except Exception as exc:
+            layer, related = importance.failed_on()
+            if layer is None:
+                raise PruneError(
+                    f"torch-pruning failed while pruning '{loaded.source}': {_reason(exc)}",
+                    hint="prune less, or --protect the layers around the construct torch-pruning cannot follow",
+                ) from None
+            also = f" and the layers that depend on it ({', '.join(related)})" if related else ""
+            raise PruneError(
+                f"torch-pruning failed on layer '{layer}' ({type(module.get_submodule(layer)).__name__}){also} "
+                f"of '{loaded.source}': {_reason(exc)}",
+                hint=f"--protect '{layer}' (its channels are then kept), or prune less",
+            ) from None
+        return steps, macs_now
+
+    @staticmethod
+    def _save_pruned(module: Any, loaded: LoadedModel, attrs_before: dict[str, dict[str, Any]],
+                     figures: dict[str, Any], out_dir: Path) -> PrunedModel:
+        """Write the weights, the changed layer attributes and the exported program; the pruned model."""
+        torch = _torch()
         changed = _attributes(module)
         arch = {n: {k: v for k, v in a.items() if attrs_before.get(n, {}).get(k) != v} for n, a in changed.items()}
         arch = {n: a for n, a in arch.items() if a}
@@ -772,6 +791,35 @@ class PruneStage(Stage):
                     hint="torch-pruning lost track of a channel dependency on the way to this output; --protect "
                     "the layers between the last kept one and the output",
                 )
+
+
+def _warned(caught: list[warnings.WarningMessage]) -> list[str]:
+    """torch-pruning's warnings, one line each, in order and without repeats."""
+    skipped: list[str] = []
+    for w in caught:
+        if "torch_pruning" not in str(w.filename):
+            continue  # torch's own warnings say nothing about what was pruned
+        line = str(w.message).strip().splitlines()[0]
+        if "Unwrapped parameters" in line:
+            line = (f"parameters used outside a layer ({line.split(':', 1)[1].strip()[:200]}): pruned "
+                    "along their last non-singleton axis")
+        if line not in skipped:
+            skipped.append(line)
+    return skipped
+
+
+def _left_unpruned(module: Any, types: tuple[type, ...], traced: set[Any], kept: set[str]) -> list[str]:
+    """Prunable layers torch-pruning did not reach, and attention layers whose heads it keeps, with why."""
+    torch = _torch()
+    lines = []
+    for name, sub in module.named_modules():
+        if isinstance(sub, types) and sub not in traced and name not in kept:
+            lines.append(f"{name} ({type(sub).__name__}): not reached when torch-pruning traced the model "
+                         "(detached, computed without autograd, or unused): left unpruned")
+        if isinstance(sub, torch.nn.MultiheadAttention) and name not in kept:
+            lines.append(f"{name} (MultiheadAttention): keeps its {sub.num_heads} heads; torch-pruning narrows "
+                         "each head's width instead (removing whole heads needs separate q/k/v Linear layers)")
+    return lines
 
 
 def _out_channels(sub: Any) -> int:

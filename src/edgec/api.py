@@ -520,13 +520,6 @@ def _write_recipe(recipe: Recipe, path: Path) -> None:
     )
 
 
-def read_manifest(build_dir: Path) -> dict[str, Any]:
-    path = Path(build_dir) / MANIFEST
-    if not path.is_file():
-        raise InputFileError(f"'{build_dir}' is not an edgec build folder (no {MANIFEST})", hint="run edgec build first")
-    return json.loads(path.read_text())
-
-
 def inspect_model(path: Path, inputs=(), model_factory: str | None = None, trust_checkpoint: bool = False) -> dict:
     """What ``edgec inspect`` shows; torch checkpoints are exported to a temporary ONNX file to count."""
     import onnx

@@ -131,7 +131,6 @@ def check_qdq(model: Any, require_per_channel: bool = True, float_islands: Colle
     ``float_islands`` names nodes left without Q/DQ on purpose (they run in floating point): not violations.
     """
     import onnx
-    from onnx import TensorProto
 
     if isinstance(model, (str, Path)):
         model = onnx.load(str(model))
@@ -140,85 +139,124 @@ def check_qdq(model: Any, require_per_channel: bool = True, float_islands: Colle
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     if opset < MIN_OPSET:
         found.append(Violation("opset", "", "", f"opset {opset}; TensorRT's per-channel Q/DQ needs opset >= {MIN_OPSET}"))
+    weights_of = _quantized_weights(g)
+    for node in g.nodes:
+        if node.op_type not in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        operand_found, is_bias = _operand_violations(g, node)
+        found.extend(operand_found)
+        if not is_bias:
+            found.extend(_scale_violations(g, node, weights_of, require_per_channel))
+    found.extend(_missing_qdq(g, float_islands))
+    return found
 
-    weights_of: dict[str, tuple[Any, Any]] = {}  # DQ output -> (consuming weighted node, DQ node)
+
+def _quantized_weights(g: _Graph) -> dict[str, tuple[Any, Any]]:
+    """DQ output -> (the weighted node consuming it, the DQ node), for each constant weight behind a DQ."""
+    weights_of: dict[str, tuple[Any, Any]] = {}
     for node in g.nodes:
         if node.op_type in WEIGHTED_OPS and len(node.input) > 1:
             dq = g.dq_source(node.input[1])
             if dq is not None and g.weight_values(dq.input[0]) is not None:
                 weights_of[node.input[1]] = (node, dq)
+    return weights_of
 
-    for node in g.nodes:
-        if node.op_type not in ("QuantizeLinear", "DequantizeLinear"):
-            continue
-        label = g.label(node)
-        is_dq = node.op_type == "DequantizeLinear"
-        scale = node.input[1] if len(node.input) > 1 else ""
-        zp = node.input[2] if len(node.input) > 2 and node.input[2] else ""
-        for name, what in ((scale, "scale"), (zp, "zero point")):
-            if name and name not in g.consts:
-                found.append(Violation("constant-scale", label, node.op_type, f"{what} '{name}' is not a constant"))
-        x_type = g.elem_types.get(node.input[0])
-        if is_dq and x_type == TensorProto.INT32:
-            found.append(Violation(
-                "int32-bias", label, node.op_type,
-                f"dequantizes the int32 tensor '{node.input[0]}' (a quantized bias); keep biases float "
-                "(ONNX Runtime: QuantizeBias=False)",
-            ))
-            continue
-        q_type = _type_name(x_type) if is_dq else None
-        if zp in g.consts:
-            zp_arr = g.consts[zp]
-            q_type = zp_arr.dtype.name
-            if zp_arr.size and np.any(zp_arr != 0):
-                found.append(Violation(
-                    "zero-point", label, node.op_type,
-                    f"zero point '{zp}' is {zp_arr.ravel()[:4].tolist()}; TensorRT needs 0 (symmetric quantization)",
-                ))
-        elif not zp and not is_dq:
-            # ONNX: without a zero point QuantizeLinear outputs uint8, unless opset 21's output_dtype says otherwise.
-            q_type = _type_name(g.attr(node, "output_dtype", 0)) or "uint8"
-        if q_type is not None and q_type != "int8":
-            found.append(Violation(
-                "int8", label, node.op_type,
-                f"quantizes to {q_type}" + (" (no zero point given)" if not zp else "") + "; TensorRT needs signed int8",
-            ))
-        scale_arr = g.consts.get(scale)
-        if scale_arr is None:
-            continue
-        weight = g.weight_values(node.input[0]) if is_dq else None
-        out_name = node.output[0]
-        if is_dq and out_name in weights_of and weight is not None:
-            consumer, _ = weights_of[out_name]
-            axis_wanted = _out_axis(g, consumer, weight)
-            if scale_arr.size <= 1:
-                if require_per_channel and weight.ndim > 1 and weight.shape[axis_wanted] > 1:
-                    found.append(Violation(
-                        "per-channel-weight", label, node.op_type,
-                        f"weight '{node.input[0]}' of {consumer.op_type} '{g.label(consumer)}' is quantized per tensor; "
-                        f"edgec's TensorRT flavour quantizes weights per output channel (axis {axis_wanted})",
-                    ))
-            else:
-                axis = g.attr(node, "axis", 1)
-                axis = axis + weight.ndim if axis < 0 else axis
-                if axis != axis_wanted or scale_arr.size != weight.shape[axis_wanted]:
-                    found.append(Violation(
-                        "per-channel-weight", label, node.op_type,
-                        f"weight '{node.input[0]}' of {consumer.op_type} '{g.label(consumer)}' is quantized on axis "
-                        f"{axis} with {scale_arr.size} scales; TensorRT needs the output-channel axis {axis_wanted} "
-                        f"({weight.shape[axis_wanted]} scales)",
-                    ))
-            if weight.dtype == np.int8 and weight.size and int(weight.min()) < -127:
-                found.append(Violation(
-                    "weight-range", label, node.op_type,
-                    f"weight '{node.input[0]}' holds -128; TensorRT's symmetric weights stay in [-127, 127]",
-                ))
-        elif scale_arr.size > 1 and g.weight_values(node.input[0]) is None:
-            found.append(Violation(
-                "per-tensor-activation", label, node.op_type,
-                f"activation '{node.input[0]}' has {scale_arr.size} scales; TensorRT quantizes activations per tensor",
-            ))
 
+def _operand_violations(g: _Graph, node: Any) -> tuple[list[Violation], bool]:
+    """A Q/DQ node's violations of constant-scale, int32-bias, zero-point, int8; True if it dequantizes a bias."""
+    from onnx import TensorProto
+
+    found: list[Violation] = []
+    label = g.label(node)
+    is_dq = node.op_type == "DequantizeLinear"
+    scale = node.input[1] if len(node.input) > 1 else ""
+    zp = node.input[2] if len(node.input) > 2 and node.input[2] else ""
+    for name, what in ((scale, "scale"), (zp, "zero point")):
+        if name and name not in g.consts:
+            found.append(Violation("constant-scale", label, node.op_type, f"{what} '{name}' is not a constant"))
+    x_type = g.elem_types.get(node.input[0])
+    if is_dq and x_type == TensorProto.INT32:
+        found.append(Violation(
+            "int32-bias", label, node.op_type,
+            f"dequantizes the int32 tensor '{node.input[0]}' (a quantized bias); keep biases float "
+            "(ONNX Runtime: QuantizeBias=False)",
+        ))
+        return found, True
+    q_type = _type_name(x_type) if is_dq else None
+    if zp in g.consts:
+        zp_arr = g.consts[zp]
+        q_type = zp_arr.dtype.name
+        if zp_arr.size and np.any(zp_arr != 0):
+            found.append(Violation(
+                "zero-point", label, node.op_type,
+                f"zero point '{zp}' is {zp_arr.ravel()[:4].tolist()}; TensorRT needs 0 (symmetric quantization)",
+            ))
+    elif not zp and not is_dq:
+        # ONNX: without a zero point QuantizeLinear outputs uint8, unless opset 21's output_dtype says otherwise.
+        q_type = _type_name(g.attr(node, "output_dtype", 0)) or "uint8"
+    if q_type is not None and q_type != "int8":
+        found.append(Violation(
+            "int8", label, node.op_type,
+            f"quantizes to {q_type}" + (" (no zero point given)" if not zp else "") + "; TensorRT needs signed int8",
+        ))
+    return found, False
+
+
+def _scale_violations(g: _Graph, node: Any, weights_of: dict[str, tuple[Any, Any]],
+                      require_per_channel: bool) -> list[Violation]:
+    """A Q/DQ node's violations of per-channel-weight, weight-range and per-tensor-activation (constant scales only)."""
+    scale = node.input[1] if len(node.input) > 1 else ""
+    scale_arr = g.consts.get(scale)
+    if scale_arr is None:
+        return []
+    is_dq = node.op_type == "DequantizeLinear"
+    weight = g.weight_values(node.input[0]) if is_dq else None
+    out_name = node.output[0]
+    if is_dq and out_name in weights_of and weight is not None:
+        consumer, _ = weights_of[out_name]
+        return _weight_violations(g, node, consumer, weight, scale_arr, require_per_channel)
+    if scale_arr.size > 1 and g.weight_values(node.input[0]) is None:
+        return [Violation(
+            "per-tensor-activation", g.label(node), node.op_type,
+            f"activation '{node.input[0]}' has {scale_arr.size} scales; TensorRT quantizes activations per tensor",
+        )]
+    return []
+
+
+def _weight_violations(g: _Graph, node: Any, consumer: Any, weight: np.ndarray, scale_arr: np.ndarray,
+                       require_per_channel: bool) -> list[Violation]:
+    """A weight's DQ node's violations of per-channel-weight (axis, scale count) and weight-range."""
+    found: list[Violation] = []
+    label = g.label(node)
+    axis_wanted = _out_axis(g, consumer, weight)
+    if scale_arr.size <= 1:
+        if require_per_channel and weight.ndim > 1 and weight.shape[axis_wanted] > 1:
+            found.append(Violation(
+                "per-channel-weight", label, node.op_type,
+                f"weight '{node.input[0]}' of {consumer.op_type} '{g.label(consumer)}' is quantized per tensor; "
+                f"edgec's TensorRT flavour quantizes weights per output channel (axis {axis_wanted})",
+            ))
+    else:
+        axis = g.attr(node, "axis", 1)
+        axis = axis + weight.ndim if axis < 0 else axis
+        if axis != axis_wanted or scale_arr.size != weight.shape[axis_wanted]:
+            found.append(Violation(
+                "per-channel-weight", label, node.op_type,
+                f"weight '{node.input[0]}' of {consumer.op_type} '{g.label(consumer)}' is quantized on axis "
+                f"{axis} with {scale_arr.size} scales; TensorRT needs the output-channel axis {axis_wanted} "
+                f"({weight.shape[axis_wanted]} scales)",
+            ))
+    if weight.dtype == np.int8 and weight.size and int(weight.min()) < -127:
+        found.append(Violation(
+            "weight-range", label, node.op_type,
+            f"weight '{node.input[0]}' holds -128; TensorRT's symmetric weights stay in [-127, 127]",
+        ))
+    return found
+
+
+def _missing_qdq(g: _Graph, float_islands: Collection[str]) -> list[Violation]:
+    """Inputs of weighted layers and residual Adds that do not come from a DequantizeLinear (missing-qdq)."""
+    found: list[Violation] = []
     constants = set(g.consts)
     for node in g.nodes:
         if node.name in float_islands:

@@ -146,22 +146,33 @@ def _check_bundle_fits(bundle: dict[str, Any], facts: DeviceFacts | None, here: 
         )
 
 
-def build_engine(
-    folder: Path,
-    precision: str,
-    *,
-    dla_core: int | None = None,
-    timing_cache: Path | None = None,
-    version_compatible: bool = False,
-    gpu_fallback: bool = True,
-    use_bundle_dla: bool = True,
-    report: Callable[[str], None] = lambda _m: None,
-) -> EngineBuild:
-    """Build ``<folder>/model.<precision>.engine`` and its sidecar on this device.
+@dataclasses.dataclass(frozen=True)
+class _EngineRequest:
+    """One engine to build: the bundle's entry for a precision and the build options, checked against the bundle."""
 
-    ``dla_core`` overrides the bundle's DLA choice; ``use_bundle_dla=False`` ignores it (GPU only).
-    """
-    folder = Path(folder)
+    folder: Path
+    precision: str
+    bundle: dict[str, Any]
+    entry: dict[str, Any]
+    onnx_path: Path
+    dla_core: int | None
+    drop_dla: str  # the hint that turns DLA off, worded for where the DLA choice came from
+    facts: DeviceFacts | None
+    gpu_fallback: bool
+    version_compatible: bool
+    cache_path: Path
+
+    @property
+    def dynamic(self) -> list[dict[str, Any]]:
+        """The bundle's inputs with a dynamic shape (min/opt/max)."""
+        return [i for i in self.bundle["inputs"] if "min" in i]
+
+
+def _engine_request(
+    folder: Path, precision: str, dla_core: int | None, use_bundle_dla: bool, timing_cache: Path | None,
+    gpu_fallback: bool, version_compatible: bool,
+) -> _EngineRequest:
+    """Read the bundle and check, without TensorRT, that it can give the engine asked for."""
     bundle = load_bundle(folder)
     entries = bundle["precisions"]
     if precision not in entries:
@@ -187,14 +198,131 @@ def build_engine(
             raise ConfigError(
                 f"DLA asked (core {dla_core}) for a bundle made for '{facts.name}', which has no DLA", hint=drop_dla
             )
+    cache_path = Path(timing_cache) if timing_cache else folder / TIMING_CACHE
+    return _EngineRequest(folder, precision, bundle, entry, onnx_path, dla_core, drop_dla, facts, gpu_fallback,
+                          version_compatible, cache_path)
+
+
+def _parse_network(trt: Any, builder: Any, logger: Any, request: _EngineRequest, weakly_typed: bool) -> Any:
+    """The bundle's ONNX model parsed into a TensorRT network; parser errors name each failing node."""
+    # 11.x: strongly typed is the only mode (its STRONGLY_TYPED flag is deprecated and ignored).
+    major = parse_version(trt.__version__)[0]
+    strongly_typed_flag = 0 if major >= 11 or weakly_typed else 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    network = builder.create_network(strongly_typed_flag)
+    parser = trt.OnnxParser(network, logger)
+    if (request.dla_core is not None and hasattr(trt, "OnnxParserFlag")
+            and hasattr(trt.OnnxParserFlag, "ADJUST_FOR_DLA")):
+        parser.set_flag(trt.OnnxParserFlag.ADJUST_FOR_DLA)
+    if not parser.parse_from_file(str(request.onnx_path)):
+        problems = []
+        for i in range(parser.num_errors):
+            err = parser.get_error(i)
+            problems.append(f"node '{err.node_name()}' ({err.node_operator()}): {' '.join(err.desc().split())}")
+        raise TargetBuildError(
+            f"TensorRT {trt.__version__} cannot parse '{request.onnx_path.name}': "
+            f"{'; '.join(problems) or 'unknown error'}",
+            hint="the nodes named are not supported by this TensorRT; see the bundle's lint results in bundle.json",
+        )
+    return network
+
+
+def _builder_config(trt: Any, builder: Any, request: _EngineRequest, weakly_typed: bool,
+                    report: Callable[[str], None]) -> Any:
+    """The builder config: optimization profile, timing cache, DLA and compatibility flags."""
+    config = builder.create_builder_config()
+    dynamic = request.dynamic
+    if dynamic:
+        profile = builder.create_optimization_profile()
+        for i in dynamic:
+            profile.set_shape(i["name"], i["min"], i["opt"], i["max"])
+        config.add_optimization_profile(profile)
+    cache_path = request.cache_path
+    cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")
+    if not config.set_timing_cache(cache, False):
+        report(f"timing cache '{cache_path}' is from another device or TensorRT version: starting a new one")
+        config.set_timing_cache(config.create_timing_cache(b""), False)
+    if request.dla_core is not None:
+        config.default_device_type = trt.DeviceType.DLA
+        config.DLA_core = int(request.dla_core)
+        if request.gpu_fallback:
+            config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
+        if weakly_typed:
+            config.set_flag(trt.BuilderFlag.FP16)
+            if request.precision == "int8":
+                config.set_flag(trt.BuilderFlag.INT8)
+    if request.version_compatible:
+        config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
+    return config
+
+
+def _serialize(trt: Any, builder: Any, network: Any, config: Any, logger: Any, request: _EngineRequest,
+               here: dict[str, Any], report: Callable[[str], None]) -> tuple[Any, float]:
+    """Build the serialized engine (the plan) and the seconds it took; no plan is a TargetBuildError."""
+    dla_core = request.dla_core
+    report(f"[engine {request.precision}] building with TensorRT {trt.__version__} on {here['gpu_name']}"
+           + (f", DLA core {dla_core}" if dla_core is not None else ""))
+    start = time.perf_counter()
+    plan = builder.build_serialized_network(network, config)
+    seconds = round(time.perf_counter() - start, 3)
+    if plan is None:
+        raise TargetBuildError(
+            f"TensorRT {trt.__version__} could not build an engine from '{request.onnx_path.name}': "
+            f"{'; '.join(logger.errors()[-3:]) or 'no error was logged'}",
+            hint="see the errors above; try another precision, or without --dla-core",
+        )
+    return plan, seconds
+
+
+def _sidecar_info(request: _EngineRequest, engine_path: Path, here: dict[str, Any], weakly_typed: bool,
+                  seconds: float, logger: Any) -> dict[str, Any]:
+    """What the sidecar records: the engine, its source, where and how it was built."""
+    dla_core = request.dla_core
+    return {
+        "engine": engine_path.name,
+        "sha256": sha256_file(engine_path),
+        "onnx": request.onnx_path.name,
+        "onnx_sha256": sha256_file(request.onnx_path),
+        "precision": request.precision,
+        "profile": request.bundle.get("profile"),
+        **here,
+        "strongly_typed": not weakly_typed,
+        "dla_core": dla_core,
+        "gpu_fallback": bool(request.gpu_fallback) if dla_core is not None else None,
+        "version_compatible": bool(request.version_compatible),
+        "optimization_profile": {i["name"]: {k: i[k] for k in ("min", "opt", "max")} for i in request.dynamic},
+        "timing_cache": str(request.cache_path),
+        "build_seconds": seconds,
+        "built_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "warnings": [m for s, m in logger.messages if s == "WARNING"][:50],
+    }
+
+
+def build_engine(
+    folder: Path,
+    precision: str,
+    *,
+    dla_core: int | None = None,
+    timing_cache: Path | None = None,
+    version_compatible: bool = False,
+    gpu_fallback: bool = True,
+    use_bundle_dla: bool = True,
+    report: Callable[[str], None] = lambda _m: None,
+) -> EngineBuild:
+    """Build ``<folder>/model.<precision>.engine`` and its sidecar on this device.
+
+    ``dla_core`` overrides the bundle's DLA choice; ``use_bundle_dla=False`` ignores it (GPU only).
+    """
+    folder = Path(folder)
+    request = _engine_request(folder, precision, dla_core, use_bundle_dla, timing_cache, gpu_fallback,
+                              version_compatible)
+    dla_core, drop_dla, facts = request.dla_core, request.drop_dla, request.facts
 
     # No TensorRT object may exist before this: without a device TensorRT segfaults.
     rt = cudart.require_device("building a TensorRT engine")
     trt = load_tensorrt()
     here = device_fingerprint(trt, rt)
-    _check_bundle_fits(bundle, facts, here, folder)
+    _check_bundle_fits(request.bundle, facts, here, folder)
     version = parse_version(trt.__version__)
-    major = version[0]
     if dla_core is not None and facts is not None:
         ok, why = dla_rule(facts, version)
         if not ok:
@@ -202,86 +330,22 @@ def build_engine(
 
     logger = _logger(trt)
     builder = trt.Builder(logger)
-    weakly_typed = dla_core is not None and major <= 10
+    weakly_typed = dla_core is not None and version[0] <= 10
     if dla_core is not None and dla_core >= int(builder.num_DLA_cores):
         raise ConfigError(
             f"DLA core {dla_core}: this device's TensorRT reports {builder.num_DLA_cores} DLA core(s)",
             hint=f"{drop_dla}, or use a core number below that",
         )
-    # 11.x: strongly typed is the only mode (its STRONGLY_TYPED flag is deprecated and ignored).
-    strongly_typed_flag = 0 if major >= 11 or weakly_typed else 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
-    network = builder.create_network(strongly_typed_flag)
-    parser = trt.OnnxParser(network, logger)
-    if dla_core is not None and hasattr(trt, "OnnxParserFlag") and hasattr(trt.OnnxParserFlag, "ADJUST_FOR_DLA"):
-        parser.set_flag(trt.OnnxParserFlag.ADJUST_FOR_DLA)
-    if not parser.parse_from_file(str(onnx_path)):
-        problems = []
-        for i in range(parser.num_errors):
-            err = parser.get_error(i)
-            problems.append(f"node '{err.node_name()}' ({err.node_operator()}): {' '.join(err.desc().split())}")
-        raise TargetBuildError(
-            f"TensorRT {trt.__version__} cannot parse '{onnx_path.name}': {'; '.join(problems) or 'unknown error'}",
-            hint="the nodes named are not supported by this TensorRT; see the bundle's lint results in bundle.json",
-        )
+    network = _parse_network(trt, builder, logger, request, weakly_typed)
+    config = _builder_config(trt, builder, request, weakly_typed, report)
+    plan, seconds = _serialize(trt, builder, network, config, logger, request, here, report)
 
-    config = builder.create_builder_config()
-    dynamic = [i for i in bundle["inputs"] if "min" in i]
-    if dynamic:
-        profile = builder.create_optimization_profile()
-        for i in dynamic:
-            profile.set_shape(i["name"], i["min"], i["opt"], i["max"])
-        config.add_optimization_profile(profile)
-    cache_path = Path(timing_cache) if timing_cache else folder / TIMING_CACHE
-    cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")
-    if not config.set_timing_cache(cache, False):
-        report(f"timing cache '{cache_path}' is from another device or TensorRT version: starting a new one")
-        config.set_timing_cache(config.create_timing_cache(b""), False)
-    if dla_core is not None:
-        config.default_device_type = trt.DeviceType.DLA
-        config.DLA_core = int(dla_core)
-        if gpu_fallback:
-            config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
-        if weakly_typed:
-            config.set_flag(trt.BuilderFlag.FP16)
-            if precision == "int8":
-                config.set_flag(trt.BuilderFlag.INT8)
-    if version_compatible:
-        config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
-
-    report(f"[engine {precision}] building with TensorRT {trt.__version__} on {here['gpu_name']}"
-           + (f", DLA core {dla_core}" if dla_core is not None else ""))
-    start = time.perf_counter()
-    plan = builder.build_serialized_network(network, config)
-    seconds = round(time.perf_counter() - start, 3)
-    if plan is None:
-        raise TargetBuildError(
-            f"TensorRT {trt.__version__} could not build an engine from '{onnx_path.name}': "
-            f"{'; '.join(logger.errors()[-3:]) or 'no error was logged'}",
-            hint="see the errors above; try another precision, or without --dla-core",
-        )
-    engine_path = folder / entry.get("engine", f"model.{precision}.engine")
+    engine_path = folder / request.entry.get("engine", f"model.{precision}.engine")
     with open(engine_path, "wb") as f:
         f.write(plan)
-    with open(cache_path, "wb") as f:
+    with open(request.cache_path, "wb") as f:
         f.write(config.get_timing_cache().serialize())
-    info = {
-        "engine": engine_path.name,
-        "sha256": sha256_file(engine_path),
-        "onnx": onnx_path.name,
-        "onnx_sha256": sha256_file(onnx_path),
-        "precision": precision,
-        "profile": bundle.get("profile"),
-        **here,
-        "strongly_typed": not weakly_typed,
-        "dla_core": dla_core,
-        "gpu_fallback": bool(gpu_fallback) if dla_core is not None else None,
-        "version_compatible": bool(version_compatible),
-        "optimization_profile": {i["name"]: {k: i[k] for k in ("min", "opt", "max")} for i in dynamic},
-        "timing_cache": str(cache_path),
-        "build_seconds": seconds,
-        "built_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "warnings": [m for s, m in logger.messages if s == "WARNING"][:50],
-    }
+    info = _sidecar_info(request, engine_path, here, weakly_typed, seconds, logger)
     sidecar = folder / sidecar_name(precision)
     sidecar.write_text(json.dumps(info, indent=2) + "\n")
     report(f"[engine {precision}] wrote {engine_path.name} in {seconds:.1f} s")

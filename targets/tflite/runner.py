@@ -19,7 +19,7 @@ from edgec.compiler.types import Feeds, InputSpec, LayerOutput
 from edgec.targets.base import Runner
 
 #: (module, distribution, attribute path of the Interpreter class), tried in order. tflite-runtime does not
-#: apply XNNPACK to INT8 models (12-18x slower, see FIELD_NOTES), so it is only a fallback.
+#: apply XNNPACK to INT8 models (12-18x slower on the same file), so it is only a fallback.
 INTERPRETERS = (
     ("ai_edge_litert.interpreter", "ai-edge-litert", "Interpreter"),
     ("tflite_runtime.interpreter", "tflite-runtime", "Interpreter"),

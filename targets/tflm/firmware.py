@@ -13,7 +13,6 @@ arm-none-eabi-g++ for the profile's core, and the object's size is what the mode
 from __future__ import annotations
 
 import dataclasses
-import re
 import shutil
 import subprocess
 import tempfile
@@ -56,10 +55,6 @@ class Settings:
     figures: dict[str, Any] = dataclasses.field(default_factory=dict)  # shown in the README
     #: output name -> temperature fitted by --calibrate-confidence (probabilities = softmax(logits / T))
     temperatures: dict[str, float] = dataclasses.field(default_factory=dict)
-
-
-def c_identifier(name: str) -> str:
-    return re.sub(r"\W", "_", name)
 
 
 def render_model_data_h() -> str:
