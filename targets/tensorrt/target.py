@@ -12,10 +12,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from edgec.compiler.errors import QuantizationError, TargetBuildError
+from edgec.compiler.errors import TargetBuildError
 from edgec.compiler.stages.load import onnx_spec
 from edgec.compiler.types import (
-    Artifact, CalibrationSet, CalibrationStats, InputSpec, ModelFormat, OnnxModel, Precision, sha256_file,
+    Artifact, CalibrationSet, InputSpec, ModelFormat, OnnxModel, Precision, sha256_file,
 )
 from edgec.targets.base import Runner, Target, require_packages
 from edgec.targets.tensorrt import bundle as bundle_mod
@@ -129,8 +129,6 @@ class TensorRTTarget(Target):
         elif precision == Precision.FP16:
             meta["fp16"] = convert_fp16(model.path, out, calibration, opts.fp16_limit, opts.fp16_range_samples)
         else:
-            if not isinstance(calibration, CalibrationStats):
-                raise QuantizationError("INT8 needs calibration statistics", hint="pass --calib PATH")
             info = quantize_tensorrt(model.path, out, calibration, per_channel=opts.per_channel,
                                      keep_float=tuple(opts.keep_float))
             conformance.assert_conformant(out, require_per_channel=opts.per_channel,

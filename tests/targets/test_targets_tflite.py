@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 import zoo_models
 from edgec.calibration_data import load_dataset
-from edgec.compiler.errors import ConfigError, ExportError, QuantizationError, TargetUnavailableError
+from edgec.compiler.errors import ConfigError, ExportError, TargetUnavailableError
 from edgec.compiler.modelio import torch_run
 from edgec.compiler.stages.load import load_checkpoint
 from edgec.targets.litert import (
@@ -445,12 +445,10 @@ def test_torchscript_with_control_flow_is_refused_naming_the_construct(tmp_path)
 
 
 def test_int8_without_calibration_writes_nothing(tiny, tmp_path):
-    loaded = load_checkpoint(tiny / "tiny.pt2")
-    with pytest.raises(QuantizationError, match="calibration") as info:
-        TFLiteTarget().build(loaded, Precision.INT8, None, tmp_path)
-    assert "--calib" in info.value.hint
-    assert not list(tmp_path.iterdir())
-    # The CLI stops it before loading anything (exit 3, CalibrationError).
+    # The target declares the need (Target.requires); the build's plan checks it once, before loading anything
+    # (exit 3, CalibrationError).
+    assert TFLiteTarget().requires(Precision.INT8) == ("torch", "calibration")
+    assert TFLiteTarget().requires(Precision.FP32) == ("torch",)
     from edgec.cli import cli
 
     out = tmp_path / "out"
