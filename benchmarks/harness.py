@@ -15,7 +15,15 @@ from typing import Any
 import numpy as np
 
 from edgec.benchmarks.accuracy import compare_outputs
-from edgec.benchmarks.latency import DEFAULT_ITERATIONS, MemorySampler, measure_latency, timed_call
+from edgec.benchmarks.latency import (
+    DEFAULT_ITERATIONS,
+    LatencyStats,
+    MemorySampler,
+    batch_size,
+    measure_latency,
+    summarize,
+    timed_call,
+)
 from edgec.benchmarks.results import BenchResults, RunResult, environment, now_iso
 from edgec.compiler.context import silent_reporter, track
 from edgec.compiler.errors import (
@@ -281,6 +289,34 @@ def bench_artifacts(
         samples=len(eval_feeds),
         metadata={"warmup": warmup, "iterations": iterations, "duration_s": duration, "threads": threads},
     )
+
+
+def interleaved_latency(
+    artifacts: list[Artifact],
+    eval_feeds: list[Feeds],
+    *,
+    rounds: int = 3,
+    warmup: int = 5,
+    iterations: int = 50,
+    threads: int = 1,
+) -> list[LatencyStats]:
+    """Latency of several artifacts measured side by side: all loaded at once, then ``rounds`` round-robin
+    passes, each timing every artifact for ``iterations`` calls (after ``warmup`` untimed ones); each artifact's
+    calls are pooled over the rounds. A machine's slow phases (another process, clock changes) then fall on
+    every artifact alike instead of on whichever ran during them."""
+    if rounds < 1:
+        raise ConfigError(f"rounds must be at least 1, not {rounds}")
+    if not eval_feeds:
+        raise CalibrationError("no inputs to time the models with", hint="give at least one evaluation sample")
+    pooled: list[list[float]] = [[] for _ in artifacts]
+    with contextlib.ExitStack() as stack:
+        runners = [stack.enter_context(open_runner(a, threads)) for a in artifacts]
+        feeds = [[_adapt_feeds(f, r.input_specs(), a.spec) for f in eval_feeds] for a, r in zip(artifacts, runners)]
+        for _ in range(rounds):
+            for i, runner in enumerate(runners):
+                stats = measure_latency(runner, feeds[i], warmup=warmup, iterations=iterations)
+                pooled[i].extend(stats.latencies_ms)
+    return [summarize(values, batch=batch_size(f[0]), warmup=warmup) for values, f in zip(pooled, feeds)]
 
 
 def score_runs(
