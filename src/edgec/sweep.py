@@ -424,7 +424,7 @@ def sweep(
         sampler = _grid_sampler(optuna, [p.key for p in points], base.seed)
         total = len(points)
     else:
-        sampler = optuna.samplers.NSGAIISampler(seed=base.seed, constraints_func=_constraints,
+        sampler = optuna.samplers.NSGAIISampler(seed=base.seed,
                                                 population_size=min(20, max(4, options.trials // 4)))
         total = options.trials
     if options.storage and not resume:
@@ -493,10 +493,6 @@ def _grid_sampler(optuna: Any, keys: list[str], seed: int) -> Any:
     return AskTellGridSampler({"point": keys}, seed=seed)
 
 
-def _constraints(trial: Any) -> list[float]:
-    return list(trial.user_attrs.get("constraint", [0.0]))
-
-
 def _suggest(trial: Any, by_key: dict[str, Point], grid: bool) -> Point | None:
     """The trial's point (None: NSGA-II asked for a combination that is not in the space)."""
     if grid:
@@ -524,12 +520,17 @@ def _run_trials(optuna: Any, ray: Any, study: Any, by_key: dict[str, Point], bas
     if stale:
         report(f"[sweep] resuming {len(stale)} trial(s) the previous driver left running: "
                f"{', '.join(str(t.number) for t in stale)}")
-    to_ask = max(0, total - len(existing))
+    # A grid asks each point once. NSGA-II often asks again for a point it has seen: such a trial is told the
+    # earlier figures and not built, and --trials counts builds (with a cap on asks, should it only repeat).
+    builds = sum(1 for t in existing if "point" in t.user_attrs and "duplicate_of" not in t.user_attrs)
+    to_build = max(0, total - (len(existing) if grid else builds))
+    asks_left = to_build if grid else max(0, 4 * total - len(existing))
     done = sum(1 for t in existing if t.state == TrialState.COMPLETE)
     failed = sum(1 for t in existing if t.state == TrialState.FAIL)
     results_by_key = {t.user_attrs["point"]: t for t in existing
                       if t.state == TrialState.COMPLETE and "point" in t.user_attrs}
     in_flight: dict[Any, tuple[Trial, Point]] = {}
+    waiting: dict[str, list[Trial]] = {}  # NSGA-II asked for a point that is being built: told with its result
 
     def submit(trial: Trial, point: Point) -> None:
         trial.set_user_attr("point", point.key)
@@ -547,10 +548,11 @@ def _run_trials(optuna: Any, ray: Any, study: Any, by_key: dict[str, Point], bas
             failed += 1
             return f"failed: {result['error']}"
         values = [result[k] for k in OBJECTIVES]
-        trial.set_user_attr("constraint", [
-            result["accuracy_drop"] - options.max_accuracy_drop if options.max_accuracy_drop is not None else 0.0,
-            result["p50_ms"] - options.max_latency_ms if options.max_latency_ms is not None else 0.0,
-        ])
+        # NSGA-II prefers feasible trials (a constraint value <= 0 holds).
+        if options.max_accuracy_drop is not None:
+            trial.set_constraint("max_accuracy_drop", result["accuracy_drop"] - options.max_accuracy_drop)
+        if options.max_latency_ms is not None:
+            trial.set_constraint("max_latency_ms", result["p50_ms"] - options.max_latency_ms)
         study.tell(trial, values, skip_if_finished=True)
         done += 1
         return (f"drop {result['accuracy_drop']:.2f} pts, p50 {result['p50_ms']:.3f} ms, "
@@ -559,7 +561,7 @@ def _run_trials(optuna: Any, ray: Any, study: Any, by_key: dict[str, Point], bas
     pending = [Trial(study, t._trial_id) for t in stale]
     stale_points = {t.number: by_key.get(t.user_attrs.get("point", "")) for t in stale}
     while True:
-        while len(in_flight) < slots and (pending or to_ask):
+        while len(in_flight) < slots and (pending or (to_build and asks_left)):
             if pending:
                 trial = pending.pop(0)
                 point = stale_points[trial.number]
@@ -569,15 +571,23 @@ def _run_trials(optuna: Any, ray: Any, study: Any, by_key: dict[str, Point], bas
                 submit(trial, point)
                 continue
             trial = study.ask()
-            to_ask -= 1
+            asks_left -= 1
             point = _suggest(trial, by_key, grid)
             if point is None:
                 tell(trial, {"error": "not a point of the space (a precision the target lacks)"})
                 continue
             if point.key in results_by_key:  # NSGA-II asked again for a point already measured
+                trial.set_user_attr("point", point.key)
+                trial.set_user_attr("duplicate_of", results_by_key[point.key].number)
                 tell(trial, {**results_by_key[point.key].user_attrs[RESULT_ATTR],
-                                    "duplicate_of": results_by_key[point.key].number})
+                             "duplicate_of": results_by_key[point.key].number})
                 continue
+            if any(p.key == point.key for _, p in in_flight.values()):
+                trial.set_user_attr("point", point.key)
+                trial.set_user_attr("duplicate_of", next(t.number for t, p in in_flight.values() if p == point))
+                waiting.setdefault(point.key, []).append(trial)
+                continue
+            to_build -= 1
             submit(trial, point)
         if not in_flight:
             break
@@ -591,6 +601,8 @@ def _run_trials(optuna: Any, ray: Any, study: Any, by_key: dict[str, Point], bas
             note = tell(trial, result)
             if "error" not in result:
                 results_by_key[point.key] = study._storage.get_trial(trial._trial_id)
+            for twin in waiting.pop(point.key, []):
+                tell(twin, {**result, "duplicate_of": trial.number})
             report(f"[sweep] trial {trial.number} {point.key}: {note} "
                    f"({done} done, {len(in_flight)} running, {failed} failed)")
 
@@ -678,7 +690,8 @@ def table_rows(trials: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]
             _cell(r.get("prune"), "g"), _cell(r["accuracy_drop"], ".2f"), _cell(r["p50_ms_trial"], ".3f"),
             _cell(r["p50_ms_remeasured"], ".3f"),
             _cell(None if r["size_bytes"] is None else r["size_bytes"] / 1024, ".1f"),
-            r["state"] if r["state"] != "complete" or r["feasible"] else "infeasible",
+            (f"= #{r['duplicate_of']}" if r["duplicate_of"] is not None else
+             r["state"] if r["state"] != "complete" or r["feasible"] else "infeasible"),
             "pareto" if r["pareto"] else ("candidate" if r["candidate"] else ""),
         ])
     return header, rows
