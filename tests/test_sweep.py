@@ -221,3 +221,70 @@ def test_sweep_help_imports_neither_ray_nor_optuna():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def _namespaces_work() -> bool:
+    """A private network and PID namespace (root, or user namespaces allowed), with `ip` to bring up loopback."""
+    try:
+        done = subprocess.run(["unshare", "-n", "-p", "-f", "--mount-proc", "ip", "link", "set", "lo", "up"],
+                              capture_output=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return done.returncode == 0
+
+
+CLUSTER = """
+set -u
+ip link set lo up
+export RAY_AUTH_MODE=token RAY_TMPDIR="$RAYTMP"
+"$BIN/ray" start --head --port=6390 --node-ip-address=127.0.0.1 --num-cpus=1 --include-dashboard=false \\
+    --disable-usage-stats --temp-dir="$RAYTMP" > "$LOGS/head.log" 2>&1 || exit 90
+"$BIN/ray" start --address=127.0.0.1:6390 --node-ip-address=127.0.0.1 --num-cpus=1 --disable-usage-stats \\
+    > "$LOGS/node.log" 2>&1 || exit 91
+"$BIN/edgec" "$@" --ray-address 127.0.0.1:6390 > "$LOGS/sweep.log" 2>&1 &
+sweep=$!
+for _ in $(seq 1 3000); do  # kill the worker process running the first trial, once, mid-trial
+    f=$(ls "$OUT"/trials/*.attempts 2>/dev/null | head -n 1)
+    if [ -n "$f" ] && [ -s "$f" ]; then
+        pid=$(head -n 1 "$f" | cut -d' ' -f1); kill -9 "$pid" && echo "$(basename "$f" .attempts) $pid" > "$LOGS/killed"
+        break
+    fi
+    sleep 0.05
+done
+wait "$sweep"; rc=$?
+"$BIN/ray" stop --force > /dev/null 2>&1  # inside this PID namespace: only this test's Ray processes
+exit $rc
+"""
+
+
+@pytest.mark.skipif(not _namespaces_work(), reason="needs `unshare -n -p` (root or user namespaces) and `ip`")
+def test_two_node_cluster_retries_a_trial_whose_worker_died(demo, tmp_path):
+    """A real two-node Ray cluster (`ray start --head` + `ray start --address`, one CPU each), kept on 127.0.0.1
+    in private network and PID namespaces; the worker running the first trial is SIGKILLed."""
+    import tempfile
+
+    out, logs = tmp_path / "sweep", tmp_path / "logs"
+    logs.mkdir()
+    raytmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths must fit in 107 bytes
+    script = tmp_path / "cluster.sh"
+    script.write_text(CLUSTER)
+    env = {**os.environ, "BIN": str(Path(sys.executable).parent), "RAYTMP": raytmp, "LOGS": str(logs),
+           "OUT": str(out)}
+    args = sweep_args(demo, out, "--retries", "2", space=("--prune", "0", "-p", "fp32,int8"))
+    done = subprocess.run(["unshare", "-n", "-p", "-f", "--mount-proc", "bash", str(script), *args], env=env,
+                          capture_output=True, text=True, timeout=400)
+    sweep_log = (logs / "sweep.log").read_text() if (logs / "sweep.log").is_file() else done.stderr
+    assert done.returncode == 0, sweep_log
+
+    report = json.loads((out / "sweep.json").read_text())
+    assert report["ray_address"] == "127.0.0.1:6390" and report["slots"] == 2
+    trials = report["trials"]
+    assert sorted(t["point"] for t in trials) == ["cpu/fp32/-/prune=0", "cpu/int8/minmax/prune=0"]
+    assert all(t["state"] == "complete" for t in trials)
+    number, pid = map(int, (logs / "killed").read_text().split())
+    lines = attempts(out, number)
+    assert len(lines) == 2 and lines[0].split()[0] == str(pid), lines
+    assert [t["attempts"] for t in trials if t["number"] == number] == [2]
+    nodes = {line.split()[2] for t in trials for line in attempts(out, t["number"])}
+    assert len(nodes) == 2, nodes  # the two trials started on the two nodes
+    assert sorted(n for n, _, _ in stored_trials(out)) == [0, 1]

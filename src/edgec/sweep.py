@@ -226,9 +226,12 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
 
     out = Path(spec["out"])
     out.parent.mkdir(parents=True, exist_ok=True)
-    # One line per attempt: a trial Ray retried after its worker died shows two.
+    import ray
+
+    # One line per attempt (worker pid, time, Ray node): a trial Ray retried after its worker died shows two.
+    node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else "-"
     with open(out.parent / f"{out.name}.attempts", "a", encoding="utf-8") as log:
-        log.write(f"{os.getpid()} {time.time():.3f}\n")
+        log.write(f"{os.getpid()} {time.time():.3f} {node}\n")
     started = time.monotonic()
     try:
         recipe = Recipe(**spec["recipe"])
