@@ -106,8 +106,9 @@ def test_grid_sweep_retries_a_killed_worker_and_marks_the_front(demo, tmp_path):
         assert not any(all(o[k] <= t[k] for k in keys) and any(o[k] < t[k] for k in keys) for o in candidates)
     assert "pareto" in (out / "sweep.md").read_text()
 
-    # A front point's command rebuilds the same artifact.
+    # A front point's command rebuilds the same artifact; its resolved recipe is kept beside it.
     point = front[0]
+    assert Path(point["recipe"]).is_file() and f"prune: {point['prune'] or 'null'}" in Path(point["recipe"]).read_text()
     rebuilt = tmp_path / "rebuilt"
     args = point["command"].split()[2:]
     args[args.index("--out") + 1] = str(rebuilt)
@@ -288,3 +289,16 @@ def test_two_node_cluster_retries_a_trial_whose_worker_died(demo, tmp_path):
     nodes = {line.split()[2] for t in trials for line in attempts(out, t["number"])}
     assert len(nodes) == 2, nodes  # the two trials started on the two nodes
     assert sorted(n for n, _, _ in stored_trials(out)) == [0, 1]
+
+
+@pytest.mark.parametrize(("section", "words"), [
+    ("sweep:\n  prune_ratio: [0.5]\n", "unknown key 'prune_ratio' in the recipe's sweep section"),
+    ("sweep:\n  target: [mcu]\n  precision: [fp32]\n", "no buildable point"),
+    ("sweep:\n  calibration_method: minmax,nope\n", "'nope' is not valid"),
+])
+def test_recipe_sweep_section_is_read_and_checked(demo, tmp_path, section, words):
+    recipe = tmp_path / "edgec.yaml"
+    recipe.write_text(f"calib: {demo['calib']}\n{section}")
+    out = tmp_path / "sweep"
+    result = run_edgec("sweep", demo["checkpoint"], "--config", recipe, "--data", demo["eval"], "--out", out)
+    _assert_usage_error(result, 2, words, out)

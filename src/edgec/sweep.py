@@ -139,6 +139,11 @@ def _number(value: Any, option: str) -> float:
         raise ConfigError(f"{option} '{value}' is not a number", hint=f"e.g. {option} 0,0.25") from None
 
 
+#: Recipe keys that only pruning (and the distillation of the pruned model) uses.
+_PRUNE_ONLY = ("prune_criterion", "prune_global", "prune_round_to", "protect", "distill", "train_data",
+               "train_labels", "hard_label_weight", "feature_layers", "tensorboard")
+
+
 @dataclasses.dataclass(frozen=True)
 class Point:
     """One configuration of the space: what a trial builds."""
@@ -156,15 +161,23 @@ class Point:
         values = base.to_dict()
         values.update(target=[self.target], precision=[self.precision], out=str(out), verify=False,
                       prune=self.prune or None, sweep={})
+        if not self.prune:
+            # The unpruned point of a recipe that distills its pruned points: pruning's and distillation's
+            # options do not apply to it (and build refuses them without pruning).
+            defaults = {f.name: f for f in dataclasses.fields(Recipe)}
+            for key in _PRUNE_ONLY:
+                f = defaults[key]
+                values[key] = f.default_factory() if f.default is dataclasses.MISSING else f.default
         if self.calibration_method:
             values["calibration_method"] = self.calibration_method
         return Recipe(**values)
 
     def command(self, base: Recipe, out: Path, config: Path | None) -> str:
-        """The ``edgec build`` command line that reproduces this point's artifact."""
-        args = ["edgec", "build", str(base.checkpoint), "--target", self.target, "-p", self.precision]
+        """The ``edgec build`` command line that reproduces this point's artifact. With a recipe, the build's
+        own resolved recipe (flags cannot switch off the recipe's distillation for an unpruned point)."""
         if config:
-            args += ["--config", str(config)]
+            return shlex.join(["edgec", "build", "--config", str(out / "recipe.yaml")])
+        args = ["edgec", "build", str(base.checkpoint), "--target", self.target, "-p", self.precision]
         if self.precision == "int8":
             args += ["--calib", str(base.calib), "--calibration-method", str(self.calibration_method)]
         if self.prune:
@@ -631,6 +644,8 @@ def _collect(optuna: Any, study: Any, by_key: dict[str, Point], base: Recipe, ou
             "error": result.get("error"), "duplicate_of": result.get("duplicate_of"),
             "attempts": len(attempts.read_text().splitlines()) if attempts.is_file() else 0,
             "command": point.command(base, trial_out, config) if point else None,
+            # The build's own resolved recipe: `edgec build --config` it to repeat the build exactly.
+            "recipe": str(trial_out / "recipe.yaml") if (trial_out / "recipe.yaml").is_file() else None,
             "feasible": False, "candidate": False, "pareto": False,
         }
         if t.state.name == "COMPLETE":
