@@ -302,3 +302,28 @@ def test_recipe_sweep_section_is_read_and_checked(demo, tmp_path, section, words
     out = tmp_path / "sweep"
     result = run_edgec("sweep", demo["checkpoint"], "--config", recipe, "--data", demo["eval"], "--out", out)
     _assert_usage_error(result, 2, words, out)
+
+
+def test_a_running_sweep_keeps_a_second_one_off_its_folder(demo, tmp_path):
+    import fcntl
+
+    import optuna
+
+    out = tmp_path / "sweep"
+    out.mkdir()
+    optuna.create_study(study_name="edgec-sweep", storage=f"sqlite:///{out / 'sweep.db'}", directions=["minimize"] * 3)
+    with open(out / ".sweep.lock", "a+") as held:  # what a running driver holds
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        result = run_edgec(*sweep_args(demo, out, "--resume"))
+    assert result.returncode == 2, result.stderr
+    assert "another edgec sweep is running" in result.stderr
+
+
+def test_without_optuna_sweep_says_what_to_install(demo, tmp_path):
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    (shim / "optuna.py").write_text("raise ImportError('optuna is not installed (test shim)')\n")
+    out = tmp_path / "sweep"
+    result = run_edgec(*sweep_args(demo, out), env={"PYTHONPATH": str(shim)})
+    _assert_usage_error(result, 5, "needs the Python package 'optuna'", out)
+    assert "edgec[sweep]" in result.stderr
