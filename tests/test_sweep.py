@@ -162,6 +162,18 @@ def test_killed_sweep_resumes_without_losing_or_repeating_a_trial(demo, tmp_path
     assert again.returncode == 2 and "is not empty" in again.stderr
 
 
+def invoke(*args) -> subprocess.CompletedProcess:
+    """The command in this process (click's CliRunner): the error paths, which start no Ray."""
+    from click.testing import CliRunner
+
+    from edgec.cli import cli
+
+    result = CliRunner().invoke(cli, [str(a) for a in args])
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return subprocess.CompletedProcess(args, result.exit_code, result.stdout, result.stderr)
+
+
 def _assert_usage_error(result, code: int, words: str, out: Path) -> None:
     lines = result.stderr.strip().splitlines()
     assert result.returncode == code, result.stderr
@@ -179,7 +191,7 @@ def _assert_usage_error(result, code: int, words: str, out: Path) -> None:
 ])
 def test_bad_space_is_a_usage_error_and_writes_nothing(demo, tmp_path, space, words):
     out = tmp_path / "sweep"
-    _assert_usage_error(run_edgec(*sweep_args(demo, out, space=space)), 2, words, out)
+    _assert_usage_error(invoke(*sweep_args(demo, out, space=space)), 2, words, out)
 
 
 def test_unreachable_ray_address_exits_5_and_writes_nothing(demo, tmp_path):
@@ -189,7 +201,7 @@ def test_unreachable_ray_address_exits_5_and_writes_nothing(demo, tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     out = tmp_path / "sweep"
-    result = run_edgec(*sweep_args(demo, out, "--ray-address", f"127.0.0.1:{port}"))
+    result = invoke(*sweep_args(demo, out, "--ray-address", f"127.0.0.1:{port}"))
     _assert_usage_error(result, 5, f"no Ray cluster answers at 127.0.0.1:{port}", out)
 
 
@@ -202,7 +214,7 @@ def test_storage_of_another_model_is_refused_and_left_alone(demo, tmp_path):
                                 directions=["minimize"] * 3)
     study.set_user_attr("checkpoint_sha256", "0" * 64)
     before = (out / "sweep.db").read_bytes()
-    result = run_edgec(*sweep_args(demo, out, "--resume"))
+    result = invoke(*sweep_args(demo, out, "--resume"))
     assert result.returncode == 2, result.stderr
     assert "holds a sweep of another model" in result.stderr and "hint:" in result.stderr
     assert (out / "sweep.db").read_bytes() == before
@@ -210,7 +222,7 @@ def test_storage_of_another_model_is_refused_and_left_alone(demo, tmp_path):
 
 
 def test_resume_without_a_sweep_is_a_usage_error(demo, tmp_path):
-    result = run_edgec(*sweep_args(demo, tmp_path / "none", "--resume"))
+    result = invoke(*sweep_args(demo, tmp_path / "none", "--resume"))
     _assert_usage_error(result, 2, "holds no sweep", tmp_path / "none")
 
 
@@ -300,7 +312,7 @@ def test_recipe_sweep_section_is_read_and_checked(demo, tmp_path, section, words
     recipe = tmp_path / "edgec.yaml"
     recipe.write_text(f"calib: {demo['calib']}\n{section}")
     out = tmp_path / "sweep"
-    result = run_edgec("sweep", demo["checkpoint"], "--config", recipe, "--data", demo["eval"], "--out", out)
+    result = invoke("sweep", demo["checkpoint"], "--config", recipe, "--data", demo["eval"], "--out", out)
     _assert_usage_error(result, 2, words, out)
 
 
@@ -314,7 +326,7 @@ def test_a_running_sweep_keeps_a_second_one_off_its_folder(demo, tmp_path):
     optuna.create_study(study_name="edgec-sweep", storage=f"sqlite:///{out / 'sweep.db'}", directions=["minimize"] * 3)
     with open(out / ".sweep.lock", "a+") as held:  # what a running driver holds
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        result = run_edgec(*sweep_args(demo, out, "--resume"))
+        result = invoke(*sweep_args(demo, out, "--resume"))
     assert result.returncode == 2, result.stderr
     assert "another edgec sweep is running" in result.stderr
 
