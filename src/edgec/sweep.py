@@ -640,7 +640,7 @@ def _collect(optuna: Any, study: Any, by_key: dict[str, Point], base: Recipe, ou
             "accuracy_drop": result.get("accuracy_drop"), "drop_basis": result.get("drop_basis"),
             "accuracy": result.get("accuracy"),
             "p50_ms_trial": result.get("p50_ms"), "p50_ms_remeasured": None,
-            "size_bytes": result.get("size_bytes"), "artifact": result.get("artifact"),
+            "size_bytes": result.get("size_bytes"), "build": str(trial_out), "artifact": result.get("artifact"),
             "error": result.get("error"), "duplicate_of": result.get("duplicate_of"),
             "attempts": len(attempts.read_text().splitlines()) if attempts.is_file() else 0,
             "command": point.command(base, trial_out, config) if point else None,
@@ -681,7 +681,7 @@ def _remeasure(trials: list[dict[str, Any]], data: str, base: Recipe, options: S
         return
     for r in candidates:
         r["candidate"] = True
-    artifacts = [load_build(r["artifact"])[0][0] for r in candidates]
+    artifacts = [next(a for a in load_build(r["build"])[0] if str(a.path) == r["artifact"]) for r in candidates]
     evaluation = load_dataset(data, artifacts[0].spec, samples=options.samples, seed=base.seed, role="evaluation")
     report(f"[sweep] re-measuring {len(candidates)} Pareto candidate(s) side by side "
            f"({options.rounds} rounds x {options.iterations} runs)")
