@@ -105,6 +105,8 @@ def test_grid_sweep_retries_a_killed_worker_and_marks_the_front(demo, tmp_path):
     for t in front:
         assert not any(all(o[k] <= t[k] for k in keys) and any(o[k] < t[k] for k in keys) for o in candidates)
     assert "pareto" in (out / "sweep.md").read_text()
+    page = (out / "sweep.html").read_text()
+    assert page.count("<svg") == 2 and all(f">#{t['number']}<" in page for t in front)
 
     # A front point's command rebuilds the same artifact; its resolved recipe is kept beside it.
     point = front[0]

@@ -30,6 +30,7 @@ STUDY = "edgec-sweep"
 STORAGE_FILE = "sweep.db"
 RESULTS_JSON = "sweep.json"
 RESULTS_MD = "sweep.md"
+RESULTS_HTML = "sweep.html"
 LOCK_FILE = ".sweep.lock"
 TRIALS_DIR = "trials"
 #: Each trial's result lives in the study's user attributes under this key (the trial number is the key that
@@ -726,7 +727,44 @@ def _write(out: Path, trials: list[dict[str, Any]], summary: dict[str, Any]) -> 
     lines += [f"- #{r['number']} `{r['command']}`" for r in front] or ["(no trial met the constraints)"]
     payload = {**summary, "pareto": [r["number"] for r in front], "trials": trials}
     for name, text in ((RESULTS_JSON, json.dumps(payload, indent=2, allow_nan=False) + "\n"),
-                       (RESULTS_MD, "\n".join(lines) + "\n")):
+                       (RESULTS_MD, "\n".join(lines) + "\n"), (RESULTS_HTML, render_html(trials, summary))):
         tmp = out / f".{name}.tmp"
         tmp.write_text(text, encoding="utf-8")
         tmp.replace(out / name)
+
+
+def render_html(trials: list[dict[str, Any]], summary: dict[str, Any]) -> str:
+    """One self-contained page (no script, no network): the table and the report's Pareto plots, drop against
+    the re-measured latency (the candidates) and drop against size (every measured trial)."""
+    import html
+
+    from edgec.benchmarks.htmlreport import CSS, Point as PlotPoint, scatter_plot
+
+    def point(r: dict[str, Any], latency: float) -> PlotPoint:
+        color = "#d62728" if r["pareto"] else ("#1f77b4" if r["candidate"] else "#999999")
+        return PlotPoint(f"#{r['number']}", latency, r["size_bytes"], r["accuracy_drop"], color)
+
+    # The front last, so that it is drawn over the trials it ties with.
+    measured = sorted((r for r in trials if r["state"] == "complete" and r["duplicate_of"] is None),
+                      key=lambda r: (r["pareto"], r["candidate"]))
+    remeasured = [point(r, r["p50_ms_remeasured"]) for r in measured if r["p50_ms_remeasured"] is not None]
+    everyone = [point(r, r["p50_ms_trial"]) for r in measured]
+    header, rows = table_rows(trials)
+    cells = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
+    front = "".join(f"<li>#{r['number']}: <code>{html.escape(r['command'])}</code></li>" for r in trials if r["pareto"])
+    return "".join([
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>edgec sweep</title>',
+        f"<style>{CSS}</style></head><body><h1>edgec sweep</h1>",
+        f'<p class="meta">{html.escape(str(summary["model"]["checkpoint"]))}: {len(trials)} trials, '
+        f'{summary["sampler"]}, {summary["slots"]} trial slot(s), {summary["wall_s"]:.1f} s</p>',
+        "<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + f"</tr>{cells}</table>",
+        f'<p class="note">{html.escape(summary["latency_note"])}.</p>',
+        "<h2>Accuracy drop against re-measured p50 latency (Pareto candidates)</h2>",
+        scatter_plot(remeasured, "latency_ms", "p50 latency, re-measured side by side (ms)"),
+        "<h2>Accuracy drop against size (every measured trial)</h2>",
+        scatter_plot(everyone, "size_bytes", "artifact size", log_x=True),
+        '<p class="note">Red: the sweep\'s Pareto front (drop, re-measured latency and size together); blue: '
+        "candidates that fell off it; grey: the rest. The dashed line joins each plot's two-axis front.</p>",
+        f"<h2>The front, rebuilt by</h2><ul>{front or '<li>no trial met the constraints</li>'}</ul>",
+        "</body></html>\n",
+    ])
