@@ -576,7 +576,10 @@ def _run_trials(optuna: Any, ray: Any, study: Any, by_key: dict[str, Point], bas
                 f"{result['size_bytes'] / 1024:.1f} KiB")
 
     pending = [Trial(study, t._trial_id) for t in stale]
-    stale_points = {t.number: by_key.get(t.user_attrs.get("point", "")) for t in stale}
+    # A driver killed between ask and submit leaves a trial without its point: suggesting on it again gives the
+    # grid point the sampler assigned it (GridSampler keeps it in the trial), or a new NSGA-II sample.
+    stale_points = {t.number: by_key.get(t.user_attrs.get("point", "")) or _suggest(trial, by_key, grid)
+                    for t, trial in zip(stale, pending)}
     while True:
         while len(in_flight) < slots and (pending or (to_build and asks_left)):
             if pending:
