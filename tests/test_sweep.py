@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -286,8 +287,11 @@ def test_two_node_cluster_retries_a_trial_whose_worker_died(demo, tmp_path):
     env = {**os.environ, "BIN": str(Path(sys.executable).parent), "RAYTMP": raytmp, "LOGS": str(logs),
            "OUT": str(out)}
     args = sweep_args(demo, out, "--retries", "2", space=("--prune", "0", "-p", "fp32,int8"))
-    done = subprocess.run(["unshare", "-n", "-p", "-f", "--mount-proc", "bash", str(script), *args], env=env,
-                          capture_output=True, text=True, timeout=400)
+    try:
+        done = subprocess.run(["unshare", "-n", "-p", "-f", "--mount-proc", "bash", str(script), *args], env=env,
+                              capture_output=True, text=True, timeout=400)
+    finally:
+        shutil.rmtree(raytmp, ignore_errors=True)
     sweep_log = (logs / "sweep.log").read_text() if (logs / "sweep.log").is_file() else done.stderr
     assert done.returncode == 0, sweep_log
 
