@@ -856,6 +856,9 @@ def main(argv: list[str] | None = None) -> int:
         "--no-targets", action="store_true", help="skip the every-target section and its HTML report (bench.targets)"
     )
     parser.add_argument(
+        "--no-sweep", action="store_true", help="skip the edgec sweep section, 1 worker against 2 (bench.sweep)"
+    )
+    parser.add_argument(
         "--html", type=Path, help="the HTML report of the every-target section (default: --out with .html)"
     )
     args = parser.parse_args(argv)
@@ -887,6 +890,10 @@ def main(argv: list[str] | None = None) -> int:
             from bench import harness as bench_harness
 
             sections.append(bench_harness.run(quick=args.quick, work=work.resolve() / "harness", report=say))
+        if not args.no_sweep:
+            from bench import sweep as bench_sweep
+
+            sections.append(bench_sweep.run(quick=args.quick, work=work.resolve() / "sweep", report=say))
         extra_sections = "\n".join(sections)
     finally:
         if args.work_dir is None:

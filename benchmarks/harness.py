@@ -16,7 +16,16 @@ import numpy as np
 
 from edgec.benchmarks.accuracy import compare_outputs
 from edgec.benchmarks.device import MANIFEST
-from edgec.benchmarks.latency import DEFAULT_ITERATIONS, MemorySampler, measure_latency, timed_call
+from edgec.benchmarks.latency import (
+    DEFAULT_ITERATIONS,
+    LatencyStats,
+    MemorySampler,
+    batch_size,
+    measure_latency,
+    side_by_side,
+    summarize,
+    timed_call,
+)
 from edgec.benchmarks.results import BenchResults, RunResult, build_records, environment, now_iso
 from edgec.compiler.context import silent_reporter, track
 from edgec.compiler.errors import (
@@ -258,6 +267,32 @@ def bench_artifacts(
         samples=len(eval_feeds),
         metadata={"warmup": warmup, "iterations": iterations, "duration_s": duration, "threads": threads},
     )
+
+
+def interleaved_latency(
+    artifacts: list[Artifact],
+    eval_feeds: list[Feeds],
+    *,
+    rounds: int = 3,
+    warmup: int = 5,
+    iterations: int = 50,
+    threads: int = 1,
+) -> list[LatencyStats]:
+    """Latency of several artifacts measured side by side: all loaded at once, then timed in alternating blocks
+    of a few milliseconds (``latency.side_by_side``) until each made ``rounds`` x ``iterations`` calls (after
+    ``warmup`` untimed ones). A machine's slow phases (another process, clock changes) then fall on every artifact
+    alike instead of on whichever ran during them."""
+    if rounds < 1:
+        raise ConfigError(f"rounds must be at least 1, not {rounds}")
+    if not eval_feeds:
+        raise CalibrationError("no inputs to time the models with", hint="give at least one evaluation sample")
+    with contextlib.ExitStack() as stack:
+        runners = [stack.enter_context(open_runner(a, threads)) for a in artifacts]
+        feeds = {i: [_adapt_feeds(f, r.input_specs(), a.spec) for f in eval_feeds]
+                 for i, (a, r) in enumerate(zip(artifacts, runners))}
+        times, _ = side_by_side({i: timed_call(r) for i, r in enumerate(runners)}, feeds,
+                                calls_per_side=rounds * iterations, warmup=warmup)
+    return [summarize(times[i], batch=batch_size(feeds[i][0]), warmup=warmup) for i in range(len(artifacts))]
 
 
 def score_runs(

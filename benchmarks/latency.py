@@ -136,33 +136,40 @@ def measure_latency(
     return summarize(latencies, batch=batch_size(feeds_list[0]), warmup=warmup)
 
 
-def side_by_side(calls: dict[str, Any], feeds: dict[str, Feeds], budget_s: float = 0.6,
-                 block_s: float = 0.002) -> tuple[dict[str, float], int]:
-    """Median per-call milliseconds of each of ``calls`` (name -> the runtime's call), timed in alternating
-    blocks of about ``block_s`` each within ``budget_s`` seconds in all, with ``feeds[name]`` as its input; and the
-    number of blocks a side. Alternating blocks of a few milliseconds compare the calls in the same machine state
-    (a shared machine switches between fast and slow states every second or so; whole runs would compare those)."""
+def side_by_side(calls: dict[str, Any], feeds: dict[str, list[Feeds]], budget_s: float = 0.6,
+                 block_s: float = 0.002, calls_per_side: int | None = None,
+                 warmup: int = 3) -> tuple[dict[str, list[float]], int]:
+    """Per-call milliseconds of each of ``calls`` (name -> the runtime's call), timed in alternating blocks of
+    about ``block_s`` each, cycling through ``feeds[name]``: within ``budget_s`` seconds in all, or until each
+    has made about ``calls_per_side`` timed calls. Returns the times and the number of blocks a side.
+
+    Alternating blocks of a few milliseconds compare the calls in the same machine state (a shared machine
+    switches between fast and slow states every second or so; whole runs one after another would compare those).
+    """
     import time
 
     clock = time.perf_counter_ns
     names = list(calls)
     per_call = {}
     for name in names:  # warm up, and size the blocks
-        for _ in range(3):
-            calls[name](feeds[name])
+        for i in range(max(1, warmup)):
+            calls[name](feeds[name][i % len(feeds[name])])
         t0 = clock()
-        calls[name](feeds[name])
+        calls[name](feeds[name][0])
         per_call[name] = max((clock() - t0) / 1e9, 1e-7)
     sizes = {n: max(1, min(50, round(block_s / per_call[n]))) for n in names}
-    block_cost = sum(sizes[n] * per_call[n] for n in names)
-    blocks = max(6, min(500, int(budget_s / block_cost)))
+    if calls_per_side is not None:
+        blocks = max(2, -(-calls_per_side // min(sizes.values())))
+        sizes = {n: max(1, -(-calls_per_side // blocks)) for n in names}
+    else:
+        blocks = max(6, min(500, int(budget_s / sum(sizes[n] * per_call[n] for n in names))))
     times: dict[str, list[float]] = {n: [] for n in names}
     for block in range(blocks):
-        order = names if block % 2 == 0 else names[::-1]
-        for name in order:
-            call, x = calls[name], feeds[name]
-            for _ in range(sizes[name]):
+        for name in (names if block % 2 == 0 else names[::-1]):
+            call, xs = calls[name], feeds[name]
+            for k in range(sizes[name]):
+                x = xs[(block * sizes[name] + k) % len(xs)]
                 t0 = clock()
                 call(x)
                 times[name].append((clock() - t0) / 1e6)
-    return {n: statistics.median(t) for n, t in times.items()}, blocks
+    return times, blocks

@@ -128,6 +128,10 @@ class Recipe:
     tensorboard: str | None = _field(None, "Write TensorBoard logs of the distillation curves here (needs "
                                      "tensorboard installed).", metavar="DIR", path=True)
 
+    # edgec sweep's search space and settings (edgec.sweep.SweepOptions' fields); edgec build ignores it.
+    sweep: dict[str, Any] = _field({}, "edgec sweep: the search space (prune, precision, calibration_method, target) "
+                                   "and its settings; ignored by edgec build", flag=None)
+
     def __post_init__(self) -> None:
         _check(self)
 

@@ -297,6 +297,7 @@ class Verifier:
 
     def _time(self, target: Any, rows: dict[str, Artifact]) -> tuple[dict[str, float], int]:
         import contextlib
+        import statistics
 
         from edgec.benchmarks.harness import _adapt_feeds
         from edgec.benchmarks.latency import side_by_side, timed_call
@@ -306,8 +307,9 @@ class Verifier:
             for key, art in rows.items():
                 runner = stack.enter_context(target.open(art, 1))
                 calls[key] = timed_call(runner)
-                feeds[key] = _adapt_feeds(self.held.samples[0], runner.input_specs(), art.spec)
-            return side_by_side(calls, feeds, budget_s=LATENCY_BUDGET_S)
+                feeds[key] = [_adapt_feeds(self.held.samples[0], runner.input_specs(), art.spec)]
+            times, blocks = side_by_side(calls, feeds, budget_s=LATENCY_BUDGET_S)
+            return {k: statistics.median(v) for k, v in times.items()}, blocks
 
     def _unrequantized(self, build: Build, stage: str, artifact: Artifact,
                        requantized: list[str]) -> tuple[str, Artifact, Verdict] | None:

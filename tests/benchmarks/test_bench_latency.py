@@ -141,3 +141,28 @@ def test_memory_sampler_without_psutil(monkeypatch):
     with MemorySampler() as mem:
         pass
     assert mem.baseline_bytes is None and mem.peak_bytes is None and mem.delta_bytes is None
+
+
+def test_side_by_side_alternates_and_keeps_ratios():
+    import statistics
+    import time
+
+    from edgec.benchmarks.latency import side_by_side
+
+    order = []
+
+    def spin(name, us):
+        def call(_x):
+            order.append(name)
+            end = time.perf_counter_ns() + us * 1000
+            while time.perf_counter_ns() < end:
+                pass
+        return call
+
+    times, blocks = side_by_side({"a": spin("a", 200), "b": spin("b", 400)}, {"a": [{}], "b": [{}]},
+                                 calls_per_side=60, warmup=1)
+    assert blocks >= 2 and len(times["a"]) >= 60 and len(times["b"]) >= 60
+    assert 1.5 < statistics.median(times["b"]) / statistics.median(times["a"]) < 3.0
+    timed = order[2 * 2:]  # after each side's warm-up and sizing calls
+    switches = sum(1 for x, y in zip(timed, timed[1:]) if x != y)
+    assert switches >= blocks  # the sides alternate block by block, not one whole run after the other

@@ -25,6 +25,7 @@ COMMANDS = {
     "inspect": "edgec.cli.inspect:inspect",
     "targets": "edgec.cli.targets:targets",
     "engine": "edgec.cli.engine:engine",
+    "sweep": "edgec.cli.sweep:sweep",
 }
 
 
