@@ -145,3 +145,29 @@ def test_only_picks_sections():
     assert parse_sections("realworld, models") == ["realworld", "models"]
     with pytest.raises(argparse.ArgumentTypeError):
         parse_sections("nonesuch")
+
+
+def test_section_table_and_checks_state_failures_and_targets(tmp_path):
+    from bench.realworld import Case, CaseResult, Row, checks, cli_command, table
+
+    case = Case("ddddocr", "det", "wheel", tmp_path / "det.onnx", tmp_path / "calib.npz", [], [],
+                "output=detection:scores=5:6", (("cpu", ("fp32", "int8")),), "detection")
+    rows = [
+        Row("cpu/fp32", "edgec cpu FP32", runtime="ort", timed=True, p50_ms=10.0, ratio=1.0,
+            figures={"max_score_error": 0.0, "matched_iou": 1.0, "matched_boxes": 5, "reference_boxes": 5,
+                     "box_agreement": 100.0}),
+        Row("cpu/int8", "edgec cpu INT8", runtime="ort", timed=True, p50_ms=4.0, ratio=0.4,
+            figures={"max_score_error": 0.02, "matched_iou": 0.95, "matched_boxes": 4, "reference_boxes": 5,
+                     "box_agreement": 88.9}),
+        Row("jetson-orin-nano/int8", "edgec jetson INT8", error="edgec build failed: exit 4: boom | x"),
+    ]
+    md = table(CaseResult(case, "ddddocr", rows)).splitlines()
+    assert md[0].startswith("| row | runtime (host) | max class-score err | matched IoU | boxes matched/FP32 |")
+    assert "| edgec cpu INT8 | ort | 0.020 | 0.950 | 4/5 | 88.9 | 4.000 | 0.400 |" in md[3]
+    assert "failed: edgec build failed: exit 4: boom \\| x" in md[4]
+    got = {c.target: (c.measured, c.passed) for c in checks([CaseResult(case, "ddddocr", rows)], "AVX2")}
+    assert got["ddddocr cpu/int8: class-score error <= 0.05, matched IoU >= 0.9"] == ("0.020, 0.950", True)
+    assert got["ddddocr cpu/int8 latency <= 0.6x ORT FP32 (AVX2)"] == ("0.400x", True)
+    assert got["ddddocr jetson-orin-nano/int8: built and scored"][1] is False
+    assert cli_command(case, "cpu", ("int8",)) == (
+        "edgec build det.onnx --target cpu -p int8 --calib calib.npz --output-task 'output=detection:scores=5:6'")
