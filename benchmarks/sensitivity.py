@@ -203,4 +203,5 @@ def search(
 
 
 def _drop(verdict: Verdict) -> float:
-    return max((m.drop for m in verdict.metrics.values()), default=0.0)
+    """The worst drop an attempt left; infinite for one that did not build (no figures)."""
+    return max((m.drop for m in verdict.metrics.values()), default=float("inf"))

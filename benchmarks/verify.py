@@ -69,6 +69,8 @@ class Verdict:
             value = f"{m.value:.4g}" if isinstance(m.value, float) else str(m.value)
             parts.append(f"{m.output} {m.task} {m.headline} {value} (drop {m.drop:.2f})")
         verdict = "ok" if self.passed else "OVER BUDGET"
+        if not self.metrics:  # an attempt that did not build: its breach says why
+            return f"{self.artifact}: {'; '.join(self.breaches)}"
         return f"{self.artifact}: {'; '.join(parts)} on {self.data}: {verdict}"
 
     def to_dict(self) -> dict[str, Any]:

@@ -117,6 +117,16 @@ def test_microcontroller_build_fails_naming_the_layer(cli, nets):
     assert "no higher precision" in done.stderr and f"'{PLANTED}' (Conv" in done.stderr
 
 
+def test_an_attempt_that_does_not_build_is_a_failed_attempt(cli, nets):
+    # An impossible budget: the fallback grows until every weighted layer is kept in higher precision, where
+    # the TensorRT target has nothing left to quantize. That attempt fails; the build ends with the budget error.
+    done, out = _build(cli, nets, "planted", "jetson", "--min-cosine", "1")
+    assert done.returncode == 4 and not out.exists()
+    error = done.stderr.splitlines()[0]
+    assert error.startswith("error: ") and "over its accuracy budget" in error and "layers tried" in error
+    assert "Traceback" not in done.stderr
+
+
 def test_verify_data_and_no_verify(cli, nets):
     done, _ = _build(cli, nets, "plain", "cpu", "--verify-data", nets / "other.npz")
     manifest, record = _int8(done)

@@ -21,7 +21,7 @@ import numpy as np
 from edgec.benchmarks.verify import Budget, Verdict, judge
 from edgec.compiler.cache import hash_key
 from edgec.compiler.context import Reporter
-from edgec.compiler.errors import QuantizationError
+from edgec.compiler.errors import EdgecError, QuantizationError
 from edgec.compiler.tasks import OutputTask
 from edgec.compiler.types import (
     ArrayCalibrationSet, Artifact, CalibrationSet, Feeds, ModelFormat, OnnxModel, Precision,
@@ -220,7 +220,14 @@ class Verifier:
                                                  source=self._source_name(build), variant=variant))
             self.report(f"[fallback] {build.folder}/{build.precision.value}: keeping {len(keep)} layer(s) in "
                         f"higher precision ({', '.join(keep[:4])}{', ...' if len(keep) > 4 else ''})")
-            (artifact,) = self.pipeline.value(name)[:1]
+            try:
+                (artifact,) = self.pipeline.value(name)[:1]
+            except EdgecError as exc:  # e.g. nothing left to quantize: a failed attempt, not the build's end
+                result = Verdict(f"{build.target.name}/{build.precision.value}", self.held.description,
+                                 len(self.held.samples), {}, [f"this attempt did not build: {exc.message}"])
+                self.report(f"[verify] {result.line()}")
+                seen[variant] = (result, name)
+                return seen[variant]
             result = self.verdict(artifact, name)
             self.report(f"[verify] {result.line()}")
             seen[variant] = (result, name)
@@ -234,7 +241,8 @@ class Verifier:
         }
         if found is None:
             layers = sorted({n for a in tried for n in a.kept}, key=nodes.index)
-            raise self._failure(tried[-1].verdict if tried else verdict,
+            built = [a.verdict for a in tried if a.verdict.metrics]  # attempts that built and ran
+            raise self._failure(built[-1] if built else verdict,
                                 f"keeping up to {max(len(a.kept) for a in tried)} layer(s) in higher precision "
                                 "did not bring it within budget", layers)
         final = found.verdict
