@@ -39,7 +39,7 @@ bench: $(BENCH_STAMP)
 	NNCF_CI=1 $(BIN)/python -m bench.suite --out BENCHMARKS.md
 
 lint: $(STAMP)
-	$(BIN)/python -m pyflakes src compiler targets calibration_data benchmarks tests 2>/dev/null || true
+	$(BIN)/python -m ruff check .
 
 clean:
 	rm -rf build .pytest_cache

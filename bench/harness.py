@@ -20,8 +20,9 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -131,11 +132,11 @@ def measure_bare_spread(model: Path, data: Path, runs: int) -> list[float]:
 
 
 def _build(name: str, work: Path) -> tuple[Path, Path]:
-    from edgec.api import build
-    from bench.models import load_model
-    from edgec.recipe import Recipe
-
     import torch
+
+    from bench.models import load_model
+    from edgec.api import build
+    from edgec.recipe import Recipe
 
     bm = load_model(name)
     folder = work / name

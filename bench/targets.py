@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -25,6 +26,8 @@ def run(
     out_html: Path, quick: bool = False, work: Path | None = None, report: Callable[[str], None] = print
 ) -> str:
     """Build, bench, and write ``out_html`` (and its results JSON beside it); returns the Markdown section."""
+    import torch
+
     from edgec.api import build
     from edgec.benchmarks.harness import bench_artifacts
     from edgec.benchmarks.htmlreport import write_report
@@ -33,8 +36,6 @@ def run(
     from edgec.demo import write_demo
     from edgec.recipe import Recipe
     from edgec.targets.registry import availability, resolve_target
-
-    import torch
 
     work = Path(work or tempfile.mkdtemp(prefix="edgec-bench-targets-"))
     report("[targets] training the digits CNN")

@@ -27,7 +27,7 @@ _EXPORTS = {
     "load_build": "harness",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = sorted(_EXPORTS)  # noqa: PLE0605 (the lazily imported names, listed once above)
 
 
 def __getattr__(name: str) -> Any:

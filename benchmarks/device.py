@@ -30,7 +30,8 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 #: Written by ``--json``; the host refuses a file with another schema.
 SCHEMA = "edgec-device-run/1"
@@ -346,7 +347,7 @@ class TFLiteSession:
 
         self._np = np
         mod, self.runtime = _import_first(_TFLITE_RUNTIMES, "TFLite artifacts")
-        interpreter_cls = getattr(mod, "Interpreter")
+        interpreter_cls = mod.Interpreter
         self.interpreter = interpreter_cls(model_path=path, num_threads=threads or None)
         self.interpreter.allocate_tensors()
         ins = self.interpreter.get_input_details()

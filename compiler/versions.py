@@ -15,7 +15,7 @@ TRACKED = (
 )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def version_of(package: str) -> str | None:
     try:
         return metadata.version(package)
@@ -38,7 +38,7 @@ def source_digest(root: Path | None = None) -> str:
     return _digest(Path(root))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _installed_digest() -> str:
     import edgec.compiler
 

@@ -424,7 +424,7 @@ class LayerReader:
         calls = _row_calls(self.inputs, feeds_to_tflite(self.inputs, feeds), self.path.name)
         rows = [self._invoke(arrays) for arrays in calls]
         layers = []
-        for k, (t, src, op, index, ins) in enumerate(self._plan):
+        for k, (t, _src, op, index, ins) in enumerate(self._plan):
             values = [row[k] for row in rows]
             if any(v is None for v in values):
                 continue

@@ -26,7 +26,7 @@ BUILTIN: dict[str, str] = {
 ENTRY_POINT_GROUP = "edgec.targets"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def backends() -> dict[str, str]:
     table = dict(BUILTIN)
     for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
@@ -60,7 +60,7 @@ class Profile:
         return self.name
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def profiles() -> dict[str, Profile]:
     import yaml
 

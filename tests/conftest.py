@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from cliutil import run_edgec
 
 REPO = Path(__file__).resolve().parents[1]

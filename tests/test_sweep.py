@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from cliutil import run_edgec
 
 pytest.importorskip("ray", reason="edgec sweep needs ray: pip install 'edgec[sweep]'")

@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-
 from edgec.compiler.context import BuildContext, track
 from edgec.compiler.errors import ConfigError, QuantizationError, missing_dependency
 from edgec.compiler.stage import Stage

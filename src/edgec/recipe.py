@@ -13,7 +13,6 @@ from typing import Any
 from edgec.compiler.errors import ConfigError, InputFileError
 
 
-
 def _field(default: Any, help: str, *, flag: str | None = "", short: str | None = None, metavar: str | None = None,
            choices: str | tuple[str, ...] | None = None, path: bool = False, negative: str | None = None,
            secondary: str | None = None) -> Any:

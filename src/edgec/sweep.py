@@ -407,7 +407,6 @@ def sweep(
 ) -> SweepResult:
     """Run ``edgec sweep``: every trial's figures and the Pareto front in ``out`` (sweep.json, sweep.md)."""
     from edgec.compiler.cache import default_cache_dir
-
     from edgec.recipe import path_keys
 
     started = time.monotonic()
@@ -741,7 +740,8 @@ def render_html(trials: list[dict[str, Any]], summary: dict[str, Any]) -> str:
     the re-measured latency (the candidates) and drop against size (every measured trial)."""
     import html
 
-    from edgec.benchmarks.htmlreport import CSS, Point as PlotPoint, scatter_plot
+    from edgec.benchmarks.htmlreport import CSS, scatter_plot
+    from edgec.benchmarks.htmlreport import Point as PlotPoint
 
     def point(r: dict[str, Any], latency: float) -> PlotPoint:
         color = "#d62728" if r["pareto"] else ("#1f77b4" if r["candidate"] else "#999999")

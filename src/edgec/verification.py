@@ -24,7 +24,13 @@ from edgec.compiler.context import Reporter
 from edgec.compiler.errors import EdgecError, QuantizationError
 from edgec.compiler.tasks import OutputTask
 from edgec.compiler.types import (
-    ArrayCalibrationSet, Artifact, CalibrationSet, Feeds, ModelFormat, OnnxModel, Precision,
+    ArrayCalibrationSet,
+    Artifact,
+    CalibrationSet,
+    Feeds,
+    ModelFormat,
+    OnnxModel,
+    Precision,
 )
 
 #: The held-out share of the calibration data, and its bounds in samples.

@@ -17,7 +17,6 @@ from edgec.compiler.types import CalibrationStats
 from edgec.targets.qdq import quantize_qdq
 
 
-
 def constant_names(model: Any) -> set[str]:
     """Tensors whose value is fixed at build time: initializers and Constant outputs."""
     names = {i.name for i in model.graph.initializer}

@@ -15,7 +15,13 @@ from typing import Any
 from edgec.compiler.errors import TargetBuildError
 from edgec.compiler.stages.load import onnx_spec
 from edgec.compiler.types import (
-    Artifact, CalibrationSet, InputSpec, ModelFormat, OnnxModel, Precision, sha256_file,
+    Artifact,
+    CalibrationSet,
+    InputSpec,
+    ModelFormat,
+    OnnxModel,
+    Precision,
+    sha256_file,
 )
 from edgec.targets.base import Runner, Target, require_packages
 from edgec.targets.tensorrt import bundle as bundle_mod

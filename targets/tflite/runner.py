@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 
 from edgec.compiler.errors import CalibrationError, TargetUnavailableError
-from edgec.targets.litert import LayerReader, TFLiteIO, quiet_litert, run_fixed_shape
 from edgec.compiler.types import Feeds, InputSpec, LayerOutput
 from edgec.targets.base import Runner
+from edgec.targets.litert import LayerReader, TFLiteIO, quiet_litert, run_fixed_shape
 
 #: (module, distribution, attribute path of the Interpreter class), tried in order. tflite-runtime does not
 #: apply XNNPACK to INT8 models (12-18x slower on the same file), so it is only a fallback.

@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from edgec.compiler.errors import missing_dependency
-from edgec.targets.litert import OBSERVERS, convert, io_from_metadata
 from edgec.compiler.types import Artifact, InputSpec, ModelFormat, Precision, sha256_file
 from edgec.compiler.versions import version_of
 from edgec.targets.base import Target, require_packages
+from edgec.targets.litert import OBSERVERS, convert, io_from_metadata
 from edgec.targets.tflite.runner import TFLiteRunner
 
 

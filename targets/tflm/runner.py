@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 
 from edgec.compiler.errors import CalibrationError, TargetBuildError, missing_dependency
-from edgec.targets.litert import LayerReader, TFLiteIO, run_fixed_shape
 from edgec.compiler.types import Feeds, InputSpec, LayerOutput
 from edgec.targets.base import Runner
+from edgec.targets.litert import LayerReader, TFLiteIO, run_fixed_shape
 from edgec.targets.tflm.arena import captured_stderr, first_error
 
 

@@ -13,7 +13,6 @@ pytest.importorskip(
 )
 
 from bench_models import classifier_weights, make_artifact, save_classifier  # noqa: E402
-
 from edgec.compiler.types import Artifact, Precision  # noqa: E402
 
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from bench_models import make_results
 
+from bench_models import make_results
 from edgec.benchmarks.gates import check_gates, enforce_gates
 from edgec.compiler.errors import ConfigError, GateFailed
 

@@ -8,8 +8,8 @@ import sys
 
 import numpy as np
 import pytest
-from bench_models import FEATURES, classifier_weights, eval_feeds, make_artifact, save_classifier
 
+from bench_models import FEATURES, classifier_weights, eval_feeds, make_artifact, save_classifier
 from edgec.benchmarks.harness import _adapt_feeds, _match_outputs, bench_artifacts, load_build
 from edgec.benchmarks.results import BenchResults
 from edgec.compiler.errors import CalibrationError, CheckpointError, ConfigError, InputFileError

@@ -28,7 +28,6 @@ def test_pareto_front_keeps_only_undominated_points():
 def results_files(tmp_path_factory):
     """Two real bench runs of the fp32 classifier and a lossy copy, saved as JSON like edgec bench --json."""
     from bench_models import classifier_weights, make_artifact, save_classifier
-
     from edgec.compiler.types import Precision
 
     d = tmp_path_factory.mktemp("report")
@@ -134,10 +133,9 @@ def html_unescape(text: str) -> str:
 def task_outputs():
     """40 samples of a binary classifier (labelled), an embedding, a detector and a CTC sequence output; the
     candidate is over-confident, noisy, shifts two images' boxes and drops a token of three sequences."""
-    from test_bench_metrics import ctc_frames, detector_output
-
     from edgec.benchmarks import postprocess as pp
     from edgec.compiler.tasks import OutputTask
+    from test_bench_metrics import ctc_frames, detector_output
 
     rng = np.random.default_rng(0)
     n = 40
@@ -196,9 +194,8 @@ def _verification_metadata(ref, cand, tasks):
 @pytest.fixture(scope="module")
 def task_results(task_outputs, tmp_path_factory):
     from edgec.benchmarks.accuracy import compare_outputs
-    from edgec.benchmarks.results import BenchResults, build_records
-
     from edgec.benchmarks.metrics import fit_temperature
+    from edgec.benchmarks.results import BenchResults, build_records
 
     ref, cand, labels, tasks = task_outputs
     temperature = fit_temperature(np.concatenate([c["cls"] for c in cand]), labels, probabilities=False)
@@ -318,7 +315,6 @@ def test_results_without_task_data_or_build_records_still_render(results_files, 
 def test_bench_carries_the_build_records_of_each_artifact(tmp_path, task_outputs):
     """edgec bench on a build: each run gets its artifact's verification, latency check and confidence."""
     from bench_models import classifier_weights, eval_feeds, make_artifact, save_classifier
-
     from edgec.benchmarks.results import BenchResults
     from edgec.compiler.types import Precision
 

@@ -7,8 +7,8 @@ import time
 
 import numpy as np
 import pytest
-from bench_models import eval_feeds
 
+from bench_models import eval_feeds
 from edgec.benchmarks.latency import LatencyStats, MemorySampler, measure_latency, percentile, summarize
 from edgec.compiler.errors import CalibrationError, ConfigError
 from edgec.compiler.types import InputSpec, TensorSpec

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from usererrors import raises_user_error
 
 from edgec.benchmarks import postprocess as pp
 from edgec.benchmarks.metrics import (
@@ -27,6 +26,7 @@ from edgec.benchmarks.metrics import (
 )
 from edgec.compiler.errors import CalibrationError, ConfigError
 from edgec.compiler.tasks import OutputTask
+from usererrors import raises_user_error
 
 sklearn = pytest.importorskip("sklearn", reason="task metrics need scikit-learn (pip install 'edgec[samples]')")
 from sklearn.datasets import load_digits

@@ -22,10 +22,9 @@ pytestmark = [
 ]
 paramiko = pytest.importorskip("paramiko", reason="edgec bench --remote needs paramiko (see requirements.txt)")
 
-from test_bench_device import make_venv, tiny_build  # noqa: E402,F401 - the build fixture is shared
-
 from edgec.benchmarks.remote import RemoteError, bench_remote, parse_remote  # noqa: E402
 from edgec.compiler.errors import ConfigError  # noqa: E402
+from test_bench_device import make_venv, tiny_build  # noqa: E402,F401 - the build fixture is shared
 
 USER = getpass.getuser()
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from bench_models import make_results
-
 from edgec.benchmarks.report import COLUMNS, MISSING, format_size, markdown_table, text_table
 
 

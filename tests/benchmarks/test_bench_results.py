@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from bench_models import make_results
 
+from bench_models import make_results
 from edgec.benchmarks.results import BenchResults, cpu_model, environment
 from edgec.compiler.errors import InputFileError
 

@@ -10,9 +10,8 @@ from edgec.compiler.cache import BuildCache
 from edgec.compiler.context import BuildContext
 from edgec.compiler.errors import CalibrationError
 from edgec.compiler.stages.calibrate import CalibrateStage
-from edgec.compiler.types import OnnxModel
 from edgec.compiler.stages.load import onnx_spec
-from edgec.compiler.types import ArrayCalibrationSet
+from edgec.compiler.types import ArrayCalibrationSet, OnnxModel
 
 
 @pytest.fixture

@@ -15,9 +15,11 @@ from edgec.compiler.context import BuildContext  # noqa: E402
 from edgec.compiler.errors import ConfigError  # noqa: E402
 from edgec.compiler.stages.distill import DistillOptions, DistillStage  # noqa: E402
 from edgec.compiler.stages.load import _probe  # noqa: E402
-from edgec.compiler.types import LoadedModel  # noqa: E402
 from edgec.compiler.stages.prune import PruneStage  # noqa: E402
-from edgec.compiler.types import TensorSpec  # noqa: E402
+from edgec.compiler.types import (
+    LoadedModel,  # noqa: E402
+    TensorSpec,  # noqa: E402
+)
 from usererrors import raises_user_error  # noqa: E402
 
 STUDENTS = '''

@@ -7,14 +7,13 @@ import onnx
 import pytest
 import torch
 
+import zoo_models
 from edgec.compiler.cache import BuildCache
 from edgec.compiler.context import BuildContext
 from edgec.compiler.onnxutil import ort_session
 from edgec.compiler.stages.export import ExportStage, VerifyStage
 from edgec.compiler.stages.load import load_checkpoint
 from edgec.compiler.types import ArrayCalibrationSet, TensorSpec
-
-import zoo_models
 
 
 def _export(tmp_path, checkpoint, inputs=()):

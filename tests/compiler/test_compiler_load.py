@@ -6,12 +6,11 @@ import numpy as np
 import pytest
 import torch
 
+import zoo_models
 from edgec.compiler.errors import CheckpointError, ConfigError, InputFileError
 from edgec.compiler.modelio import torch_run
 from edgec.compiler.stages.load import detect_format, load_checkpoint
 from edgec.compiler.types import TensorSpec
-
-import zoo_models
 from usererrors import raises_user_error
 
 X = TensorSpec.parse("x:1x1x8x8")

@@ -12,17 +12,21 @@ pytest.importorskip("torch_pruning", reason="torch-pruning is not installed (pip
 
 from torch import nn  # noqa: E402
 
+import zoo  # noqa: E402
 from edgec.compiler.cache import BuildCache  # noqa: E402
 from edgec.compiler.context import BuildContext  # noqa: E402
 from edgec.compiler.errors import ConfigError, PruneError  # noqa: E402
 from edgec.compiler.modelio import torch_run  # noqa: E402
+from edgec.compiler.onnxutil import ort_session  # noqa: E402
 from edgec.compiler.stages.export import ExportStage, VerifyStage  # noqa: E402
 from edgec.compiler.stages.load import load_checkpoint  # noqa: E402
-from edgec.compiler.types import LoadedModel  # noqa: E402
 from edgec.compiler.stages.prune import PruneStage, count_macs_params, rebuild_pruned  # noqa: E402
-from edgec.compiler.types import ArrayCalibrationSet, InputSpec, TensorSpec  # noqa: E402
-from edgec.compiler.onnxutil import ort_session  # noqa: E402
-import zoo  # noqa: E402
+from edgec.compiler.types import (  # noqa: E402
+    ArrayCalibrationSet,
+    InputSpec,
+    LoadedModel,  # noqa: E402
+    TensorSpec,
+)
 from usererrors import raises_user_error  # noqa: E402
 
 

@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pytest
-from usererrors import raises_user_error
 
 from edgec.compiler.errors import ConfigError
 from edgec.compiler.tasks import (
@@ -20,6 +19,7 @@ from edgec.compiler.tasks import (
     resolve_tasks,
 )
 from edgec.compiler.types import InputSpec, TensorSpec
+from usererrors import raises_user_error
 
 onnx = pytest.importorskip("onnx", reason="graph inference tests need 'onnx' (pip install 'edgec[onnx]')")
 from onnx import TensorProto, helper, numpy_helper

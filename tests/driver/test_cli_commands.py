@@ -8,9 +8,8 @@ import sys
 
 from click.testing import CliRunner
 
-from edgec.cli import cli
-
 import zoo_models
+from edgec.cli import cli
 
 
 def test_help_needs_neither_torch_nor_onnx():

@@ -7,9 +7,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from edgec.cli import cli
-
 import zoo_models
+from edgec.cli import cli
 
 
 def _run(args, tmp_path):

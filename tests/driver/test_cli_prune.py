@@ -78,8 +78,9 @@ def _stages(out):
 
 
 def test_pruned_distilled_build_and_cache_reuse(assets, tmp_path, edgec_cli):
-    from edgec.compiler.onnxutil import mac_count, ort_session
     import onnx
+
+    from edgec.compiler.onnxutil import mac_count, ort_session
 
     cache = tmp_path / "cache"
     out = tmp_path / "first"
@@ -229,9 +230,8 @@ def test_face_cascade_pruned_and_distilled_keeps_its_accuracy(tmp_path):
     """The trained CascadeRNet (PReLU, permute before flatten, Softmax head beside a box head; a digits
     classifier here): half the MACs gone, and after distillation within 1 point of the original's accuracy on
     held-out samples that neither the original nor the distillation saw."""
-    from edgec.compiler.onnxutil import ort_session
-
     import zoo
+    from edgec.compiler.onnxutil import ort_session
 
     model, data = zoo.trained_cascade_rnet()
     torch.save(model.state_dict(), tmp_path / "rnet.pt")

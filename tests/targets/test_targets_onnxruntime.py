@@ -16,13 +16,13 @@ from edgec.compiler.stages.calibrate import CalibrateStage
 from edgec.compiler.stages.export import ExportStage
 from edgec.compiler.stages.load import LoadStage, checkpoint_key
 from edgec.compiler.types import Precision
-from edgec.targets.qdq import quantize_qdq
 from edgec.targets.onnxruntime.target import (
     OnnxRuntimeOptions,
     OnnxRuntimeTarget,
     host_has_vnni,
     resolve_reduce_range,
 )
+from edgec.targets.qdq import quantize_qdq
 
 
 @pytest.fixture(scope="module")

@@ -11,21 +11,20 @@ import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
-from fake_tensorrt import make_cudart, make_tensorrt
 from onnx import TensorProto, helper, numpy_helper
 
 from edgec.compiler.cache import BuildCache
 from edgec.compiler.context import BuildContext
 from edgec.compiler.errors import ConfigError, InputFileError, TargetBuildError, TargetUnavailableError
 from edgec.compiler.stages.calibrate import CalibrateStage
-from edgec.compiler.types import OnnxModel
 from edgec.compiler.stages.load import onnx_spec
-from edgec.compiler.types import ArrayCalibrationSet, Precision
+from edgec.compiler.types import ArrayCalibrationSet, OnnxModel, Precision
 from edgec.targets.tensorrt import cudart
 from edgec.targets.tensorrt.bundle import write_bundle
 from edgec.targets.tensorrt.engine import build_engine, build_engines, jetson_versions
 from edgec.targets.tensorrt.runner import HostEstimateRunner, TensorRTRunner
 from edgec.targets.tensorrt.target import TensorRTOptions, TensorRTTarget
+from fake_tensorrt import make_cudart, make_tensorrt
 
 # ---------------------------------------------------------------------------------------------- fixtures
 

@@ -11,9 +11,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edgec.compiler.errors import ConfigError, TargetBuildError
-from edgec.compiler.types import OnnxModel
 from edgec.compiler.stages.load import onnx_spec
-from edgec.compiler.types import ArrayCalibrationSet, Precision
+from edgec.compiler.types import ArrayCalibrationSet, OnnxModel, Precision
 from edgec.targets.tensorrt import bundle as bundle_mod
 from edgec.targets.tensorrt.conformance import check_qdq
 from edgec.targets.tensorrt.target import TensorRTOptions, TensorRTTarget

@@ -17,6 +17,7 @@ from edgec.calibration_data import load_dataset
 from edgec.compiler.errors import ConfigError, ExportError, TargetUnavailableError
 from edgec.compiler.modelio import torch_run
 from edgec.compiler.stages.load import load_checkpoint
+from edgec.compiler.types import ArrayCalibrationSet, InputSpec, ModelFormat, Precision, TensorSpec
 from edgec.targets.litert import (
     LayerReader,
     TFLiteIO,
@@ -26,7 +27,6 @@ from edgec.targets.litert import (
     outputs_from_tflite,
     read_ops,
 )
-from edgec.compiler.types import ArrayCalibrationSet, InputSpec, ModelFormat, Precision, TensorSpec
 from edgec.targets.registry import resolve_target
 from edgec.targets.tflite import runner as runner_mod
 from edgec.targets.tflite.target import TFLiteOptions, TFLiteTarget
@@ -160,8 +160,9 @@ def test_int8_prelu_and_softmax_are_single_int8_ops(tmp_path, one_torch_thread):
     """The face cascade's RNet (per-channel PReLU, a Softmax head): each PReLU is one int8 PRELU and the Softmax
     an int8 SOFTMAX. litert-torch decomposed PReLU into RELU/MUL/SUB and its quantizer left those and the Softmax
     float between a DEQUANTIZE and a QUANTIZE (5 float islands)."""
-    import zoo
     from litert_torch.fx_infra import decomp
+
+    import zoo
 
     model, data = zoo.trained_cascade_rnet()
     spec = InputSpec((TensorSpec("x", (1, 3, 24, 24), "float32", "NCHW"),),

@@ -14,16 +14,16 @@ import subprocess
 
 import numpy as np
 import pytest
+import tflm_models
 import torch
 from click.testing import CliRunner
 
-import tflm_models
 from cliutil import run_edgec
 from edgec.cli import cli
 from edgec.compiler.errors import ConfigError, QuantizationError, TargetBuildError
 from edgec.compiler.stages.load import load_checkpoint
+from edgec.compiler.types import ArrayCalibrationSet, Artifact, InputSpec, Precision, TensorSpec
 from edgec.targets.litert import TFLiteIO, convert, feeds_to_tflite, read_ops
-from edgec.compiler.types import Artifact, ArrayCalibrationSet, InputSpec, Precision, TensorSpec
 from edgec.targets.registry import profiles, resolve_target
 from edgec.targets.tflm import arena, firmware, ops, vela
 from edgec.targets.tflm.boards import board
