@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.section import Check, checks_list
+from bench.section import Check, build_for_bench, checks_list
 from edgec.benchmarks.report import MISSING, md_table
 
 OVERHEAD_TARGET = 0.03
@@ -135,7 +135,6 @@ def _build(name: str, work: Path) -> tuple[Path, Path]:
     import torch
 
     from bench.models import load_model
-    from edgec.api import build
     from edgec.recipe import Recipe
 
     bm = load_model(name)
@@ -148,9 +147,10 @@ def _build(name: str, work: Path) -> tuple[Path, Path]:
     data = bm.eval_x[:16] if bm.eval_x is not None else bm.calib[:16]
     np.savez(folder / "data.npz", x=data.astype(np.float32))
     out = folder / "build"
-    build(Recipe(checkpoint=str(ckpt), target=["cpu"], precision=["fp32", "int8"], calib=str(folder / "calib.npz"),
-                 out=str(out), inputs=[f"x:{'x'.join(map(str, bm.input_shape))}"]))
-    return out, folder / "data.npz"
+    result, _ = build_for_bench(Recipe(checkpoint=str(ckpt), target=["cpu"], precision=["fp32", "int8"],
+                                       calib=str(folder / "calib.npz"), out=str(out),
+                                       inputs=[f"x:{'x'.join(map(str, bm.input_shape))}"]))
+    return result.out, folder / "data.npz"
 
 
 def run(quick: bool = False, work: Path | None = None, report: Callable[[str], None] = print) -> str:

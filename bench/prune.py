@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from bench.machine import Cpu, cpu_seconds, int8_build, int8_kernels, others_busy, versions
-from bench.section import Budget, Check, checks_table, quiet
+from bench.section import Budget, Check, build_for_bench, checks_table, quiet
 from edgec.benchmarks.report import MISSING, md_table
 
 FACTORY = "bench.prune:resnet_digits"
@@ -320,7 +320,6 @@ def _common(folder: Path) -> dict[str, Any]:
 
 def _builds(folder: Path, effort: Effort, say: Any) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     """The edgec builds (original, distilled, pruned, pruned-unrounded); the manifests of the first, second, last."""
-    from edgec.api import build
     from edgec.recipe import Recipe
 
     common = _common(folder)
@@ -330,7 +329,8 @@ def _builds(folder: Path, effort: Effort, say: Any) -> tuple[dict[str, Any], dic
     def built(name: str, **kw: Any) -> dict[str, Any]:
         say(f"[bench-prune] edgec build: {name}")
         with quiet():
-            result = build(Recipe(**common, out=str(folder / name), **kw), cache_dir=folder / "cache")
+            result, _ = build_for_bench(Recipe(**common, out=str(folder / name), **kw), cache_dir=folder / "cache",
+                                        report=say)
         return result.manifest
 
     int8 = dict(precision=["fp32", "int8"], calib=str(folder / "calib.npz"))

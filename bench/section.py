@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from edgec.benchmarks.report import aligned_lines, md_table, verdict
 
@@ -70,3 +70,24 @@ def one_line(exc: BaseException, limit: int = 240) -> str:
     """``Type: message`` on one line, at most ``limit`` characters: a failure shown in a table cell."""
     text = " ".join(str(exc).split()) or type(exc).__name__
     return f"{type(exc).__name__}: {text}"[:limit]
+
+
+def build_for_bench(recipe: Any, cache_dir: Any = None, report: Any = None) -> tuple[Any, str]:
+    """``edgec build`` as a section measures it: the default build, verification included; one that edgec's
+    verification refuses (exit 4: an artifact over its accuracy budget, e.g. a random-weight net's INT8) is built
+    again with ``verify=False`` so the section can still show its figures. Returns the build and a note saying
+    so ("" when the default build passed)."""
+    from pathlib import Path
+
+    from edgec import api
+    from edgec.verification import VerificationFailed
+
+    try:
+        return api.build(recipe, cache_dir=cache_dir), ""
+    except VerificationFailed as exc:
+        note = f"edgec's build-time verification refused the default build ({one_line(exc, 300)}); figures from --no-verify"
+        if report is not None:
+            report(f"[bench] {note}")
+    out = Path(recipe.out)
+    unverified = dataclasses.replace(recipe, verify=False, out=str(out.with_name(out.name + "-unverified")))
+    return api.build(unverified, cache_dir=cache_dir), note

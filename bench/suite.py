@@ -33,7 +33,7 @@ import numpy as np
 
 from bench.machine import Cpu, cpu_seconds, int8_build, others_busy, read_cpuinfo, versions
 from bench.models import NAMES, BenchModel, load_model
-from bench.section import Budget, Check, checks_table, checks_text, one_line, quiet, rotated
+from bench.section import Budget, Check, build_for_bench, checks_table, checks_text, one_line, quiet, rotated
 from edgec.benchmarks.report import MISSING, aligned_lines, md_table, num_cell
 from edgec.compiler.modelio import one_torch_thread
 
@@ -258,7 +258,6 @@ def _input_name(path: Path) -> str:
 
 def build_with_edgec(bm: BenchModel, work: Path) -> tuple[Path, Path | None, str | None, dict[str, Any]]:
     """edgec build (cpu, fp32 and int8, no cache): the FP32 and INT8 files, an INT8 error, the manifest."""
-    from edgec import api
     from edgec.compiler.errors import EdgecError
     from edgec.recipe import Recipe
 
@@ -271,7 +270,10 @@ def build_with_edgec(bm: BenchModel, work: Path) -> tuple[Path, Path | None, str
             out=str(out),
             cache=False,
         )
-        return api.build(recipe, cache_dir=work / "cache")
+        result, note = build_for_bench(recipe, cache_dir=work / "cache", report=say)
+        if note:
+            result.manifest["bench_note"] = note
+        return result
 
     try:
         result = run(["fp32", "int8"], work / "edgec")
@@ -472,7 +474,6 @@ def raw_steps(bm: BenchModel, work: Path, recorded: dict[str, Any]) -> tuple[flo
 
 def edgec_build_int8(work: Path, out: Path) -> tuple[float, dict[str, float]]:
     """Wall seconds of api.build (int8 only, cache off, a fresh cache folder) and its stages' seconds."""
-    from edgec import api
     from edgec.recipe import Recipe
 
     cache = Path(tempfile.mkdtemp(prefix="edgec-bench-cache-"))
@@ -486,7 +487,7 @@ def edgec_build_int8(work: Path, out: Path) -> tuple[float, dict[str, float]]:
     )
     try:
         t0 = time.perf_counter()
-        result = api.build(recipe, cache_dir=cache)
+        result, _ = build_for_bench(recipe, cache_dir=cache)
         wall = time.perf_counter() - t0
     finally:
         shutil.rmtree(cache, ignore_errors=True)

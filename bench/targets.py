@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from bench.section import build_for_bench
+
 #: (profile, precisions) built for the suite: one profile per backend.
 TARGETS = (
     ("cpu", ("fp32", "fp16", "int8")),
@@ -28,7 +30,6 @@ def run(
     """Build, bench, and write ``out_html`` (and its results JSON beside it); returns the Markdown section."""
     import torch
 
-    from edgec.api import build
     from edgec.benchmarks.harness import bench_artifacts
     from edgec.benchmarks.htmlreport import write_report
     from edgec.benchmarks.report import markdown_table
@@ -50,10 +51,10 @@ def run(
         report(f"[targets] building {name}: {', '.join(precs)}")
         targets.append(name)
         # one build per target: a build's precisions must all suit each of its targets (mcu is INT8 only)
-        result = build(Recipe(
+        result, _ = build_for_bench(Recipe(
             checkpoint=str(paths["checkpoint"]), target=[name], precision=list(precs), calib=str(paths["calib"]),
             out=str(work / f"build-{name}"),
-        ))
+        ), report=report)
         artifacts += result.artifacts
     name = artifacts[0].spec.input_names[0]
     with np.load(paths["eval"]) as f:

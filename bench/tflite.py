@@ -43,7 +43,7 @@ import numpy as np
 
 from bench.machine import Cpu, versions
 from bench.models import BenchModel
-from bench.section import Budget, Check, checks_list, one_line, rotated
+from bench.section import Budget, Check, build_for_bench, checks_list, one_line, rotated
 from edgec.benchmarks.report import MISSING, md_table, num_cell
 
 ARM_PROFILE = "rpi5"
@@ -204,7 +204,6 @@ def build(model: BenchModel, work: Path, report: Callable[[str], None]) -> tuple
     """(rpi5 artifacts, mcu artifact or None, why the mcu build failed)."""
     import torch
 
-    from edgec.api import build as edgec_build
     from edgec.compiler.context import quiet_tools
     from edgec.compiler.errors import EdgecError
     from edgec.compiler.modelio import one_torch_thread
@@ -220,13 +219,13 @@ def build(model: BenchModel, work: Path, report: Callable[[str], None]) -> tuple
     np.savez(calib, x=model.calib)
     report(f"[tflite] {model.name}: edgec build --target {ARM_PROFILE} --precision fp32,fp16,int8")
     with quiet_tools(), one_torch_thread():
-        arm = edgec_build(Recipe(checkpoint=str(ckpt), target=[ARM_PROFILE], precision=["fp32", "fp16", "int8"],
-                                 calib=str(calib), out=str(folder / f"build-{ARM_PROFILE}")))
+        arm, _ = build_for_bench(Recipe(checkpoint=str(ckpt), target=[ARM_PROFILE], precision=["fp32", "fp16", "int8"],
+                                        calib=str(calib), out=str(folder / f"build-{ARM_PROFILE}")), report=report)
     report(f"[tflite] {model.name}: edgec build --target {MCU_PROFILE} --precision int8")
     try:
         with quiet_tools(), one_torch_thread():
-            mcu = edgec_build(Recipe(checkpoint=str(ckpt), target=[MCU_PROFILE], precision=["int8"],
-                                     calib=str(calib), out=str(folder / f"build-{MCU_PROFILE}")))
+            mcu, _ = build_for_bench(Recipe(checkpoint=str(ckpt), target=[MCU_PROFILE], precision=["int8"],
+                                            calib=str(calib), out=str(folder / f"build-{MCU_PROFILE}")), report=report)
     except EdgecError as exc:
         why = f"{type(exc).__name__}: {exc}".replace(str(ckpt), ckpt.name)
         report(f"[tflite] {model.name}: the {MCU_PROFILE} build failed: {why}")
