@@ -834,7 +834,8 @@ def _command_line(args: list[str]) -> str:
     return f"{env}{exe} -m bench.suite {' '.join(shlex.quote(a) for a in args)}".rstrip()
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
+    """The suite's command line."""
     parser = argparse.ArgumentParser(
         prog="python -m bench.suite", description=__doc__.splitlines()[0]
     )
@@ -883,7 +884,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--html", type=Path, help="the HTML report of the every-target section (default: --out with .html)"
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
 
     command = _command_line(sys.argv[1:] if argv is None else argv)
     started = datetime.datetime.now(datetime.timezone.utc)

@@ -407,30 +407,10 @@ def sweep(
 ) -> SweepResult:
     """Run ``edgec sweep``: every trial's figures and the Pareto front in ``out`` (sweep.json, sweep.md)."""
     from edgec.compiler.cache import default_cache_dir
-    from edgec.recipe import path_keys
 
     started = time.monotonic()
-    # Trials may run on other nodes, in other folders, and the reproducing commands must work from anywhere.
-    absolute = {k: str(Path(v).resolve()) for k in path_keys()
-                if isinstance(v := getattr(base, k), str) and ":" not in v and Path(v).exists()}
-    base = dataclasses.replace(base, **absolute)
-    data = str(Path(data).resolve()) if ":" not in str(data) and Path(data).exists() else str(data)
-    labels = str(Path(labels).resolve()) if labels and Path(labels).exists() else labels
-    if not base.checkpoint or not Path(base.checkpoint).is_file():
-        raise InputFileError(f"checkpoint '{base.checkpoint}' does not exist", hint="check the path")
-    for name, path in (("--data", data), ("--labels", labels)):
-        if path and ":" not in str(path) and not Path(path).exists():
-            raise InputFileError(f"{name} '{path}' does not exist", hint="check the path")
-    out = Path(out).resolve()
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out '{out}' is a file", hint="name a folder")
+    base, data, labels, out = _checked_paths(base, data, labels, out, resume, options)
     url = options.storage or f"sqlite:///{out / STORAGE_FILE}"
-    if not resume and out.is_dir() and any(out.iterdir()):
-        raise ConfigError(f"--out '{out}' is not empty", hint="pass --resume to continue the sweep there, or choose "
-                          "a new folder")
-    if resume and not options.storage and not (out / STORAGE_FILE).is_file():
-        raise ConfigError(f"--resume: '{out}' holds no sweep ({STORAGE_FILE} is missing)",
-                          hint="run the sweep without --resume first")
     points = plan_points(base, options, report)
     grid = len(points) <= options.grid_limit
     fingerprint = _fingerprint(base, points, grid)
@@ -523,6 +503,35 @@ def _suggest(trial: Any, by_key: dict[str, Point], grid: bool) -> Point | None:
     return by_key.get(point.key)
 
 
+def _checked_paths(base: Recipe, data: str, labels: str | None, out: Path, resume: bool,
+                   options: SweepOptions) -> tuple[Recipe, str, str | None, Path]:
+    """The recipe, data, labels and output folder with absolute paths (trials may run on other nodes, in other
+    folders, and the reproducing commands must work from anywhere), checked to exist; the output folder checked
+    for a new sweep or a resumed one."""
+    from edgec.recipe import path_keys
+
+    absolute = {k: str(Path(v).resolve()) for k in path_keys()
+                if isinstance(v := getattr(base, k), str) and ":" not in v and Path(v).exists()}
+    base = dataclasses.replace(base, **absolute)
+    data = str(Path(data).resolve()) if ":" not in str(data) and Path(data).exists() else str(data)
+    labels = str(Path(labels).resolve()) if labels and Path(labels).exists() else labels
+    if not base.checkpoint or not Path(base.checkpoint).is_file():
+        raise InputFileError(f"checkpoint '{base.checkpoint}' does not exist", hint="check the path")
+    for name, path in (("--data", data), ("--labels", labels)):
+        if path and ":" not in str(path) and not Path(path).exists():
+            raise InputFileError(f"{name} '{path}' does not exist", hint="check the path")
+    out = Path(out).resolve()
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out '{out}' is a file", hint="name a folder")
+    if not resume and out.is_dir() and any(out.iterdir()):
+        raise ConfigError(f"--out '{out}' is not empty", hint="pass --resume to continue the sweep there, or choose "
+                          "a new folder")
+    if resume and not options.storage and not (out / STORAGE_FILE).is_file():
+        raise ConfigError(f"--resume: '{out}' holds no sweep ({STORAGE_FILE} is missing)",
+                          hint="run the sweep without --resume first")
+    return base, data, labels, out
+
+
 def _run_trials(optuna: Any, ray: Any, study: Any, by_key: dict[str, Point], base: Recipe, options: SweepOptions,
                 spec: dict[str, Any], out: Path, total: int, slots: int, report: Reporter) -> None:
     """Ask, run on Ray, tell: each trial number is told once. Trials left running by a killed driver (the lock
@@ -541,8 +550,7 @@ def _run_trials(optuna: Any, ray: Any, study: Any, by_key: dict[str, Point], bas
     builds = sum(1 for t in existing if "point" in t.user_attrs and "duplicate_of" not in t.user_attrs)
     to_build = max(0, total - (len(existing) if grid else builds))
     asks_left = to_build if grid else max(0, 4 * total - len(existing))
-    done = sum(1 for t in existing if t.state == TrialState.COMPLETE)
-    failed = sum(1 for t in existing if t.state == TrialState.FAIL)
+    done, failed = (sum(1 for t in existing if t.state == state) for state in (TrialState.COMPLETE, TrialState.FAIL))
     results_by_key = {t.user_attrs["point"]: t for t in existing
                       if t.state == TrialState.COMPLETE and "point" in t.user_attrs}
     in_flight: dict[Any, tuple[Trial, Point]] = {}
