@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from edgec.compiler.context import BuildContext, track
-from edgec.compiler.errors import ConfigError, QuantizationError, missing_dependency
+from edgec.compiler.errors import CalibrationError, ConfigError, QuantizationError, missing_dependency
 from edgec.compiler.stage import Stage
 from edgec.compiler.types import CalibrationSet, CalibrationStats, Feeds, OnnxModel
 
@@ -92,6 +92,12 @@ class CalibrateStage(Stage):
         if self.method == "percentile":
             opts["percentile"] = self.percentile
         return opts
+
+    def requires(self, inputs: dict[str, Any], ctx: BuildContext) -> None:
+        # Whether a build has calibration data is checked when it is planned; this is what the stage itself
+        # needs of its input, for callers that run it on their own.
+        if inputs.get("calibration") is None or len(inputs["calibration"]) == 0:
+            raise CalibrationError("no calibration samples to calibrate with", hint="pass --calib PATH with samples")
 
     def run(self, inputs: dict[str, Any], out_dir: Path, ctx: BuildContext) -> CalibrationStats:
         try:
