@@ -13,11 +13,11 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from edgec.targets.onnxruntime.target import int8_isa
+
 #: The x86 flags that decide ONNX Runtime's INT8 kernels (VNNI dot products, or AVX2's saturating u8s8).
 CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni")
-_VNNI = (("avx512_vnni", "AVX512-VNNI"), ("avx_vnni", "AVX-VNNI"))
 _MODEL_KEYS = ("model name", "Model", "Hardware")
-_X86 = ("x86_64", "amd64", "i686", "x86")
 
 
 def read_cpuinfo() -> str:
@@ -65,17 +65,8 @@ class Cpu:
 
     def int8_isa(self) -> str:
         """The instructions ONNX Runtime's INT8 kernels can use here, e.g. "AVX2 without VNNI"; off x86, the
-        architecture."""
-        if self.arch.lower() not in _X86:
-            return self.arch
-        if self.flags is None:
-            return f"{self.arch}, CPU flags not readable"
-        vnni = [name for flag, name in _VNNI if flag in self.flags]
-        if vnni:
-            return " and ".join(vnni)
-        if "avx2" in self.flags:
-            return "AVX2 without VNNI"
-        return f"{self.arch} without AVX2"
+        architecture (the build's own wording: ``edgec.targets.onnxruntime.target.int8_isa``)."""
+        return int8_isa(self.arch, self.flags)
 
 
 def int8_build(manifest: Mapping[str, Any]) -> dict[str, Any] | None:

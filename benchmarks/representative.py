@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import dataclasses
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from edgec.compiler.types import Feeds
+from edgec.compiler.types import CalibrationSet, Feeds
 
 #: A tensor with more than this share of its held-out values outside its calibrated range is flagged.
 CLIPPED_HIGH = 0.01
@@ -85,31 +85,33 @@ def clipped_fractions(onnx_path: Path, ranges: Mapping[str, tuple[float, float]]
     return sorted(found, key=lambda c: -c.fraction)
 
 
-def input_shift(calibration: Sequence[Feeds], held: Sequence[Feeds]) -> dict[str, float]:
+def input_shift(calibration: Iterable[Feeds], held: Sequence[Feeds]) -> dict[str, float]:
     """Per float input: how far the held-out samples' mean is from the calibration samples', in calibration
-    standard deviations (over all values of all samples; summed as they stream, never held at once)."""
+    standard deviations (over all values of all samples; summed as they stream, one pass over each set)."""
 
-    def moments(samples: Sequence[Feeds], name: str) -> tuple[float, float]:
-        n = total = squares = 0.0
-        for s in samples:
-            x = np.asarray(s[name], np.float64)
-            n, total, squares = n + x.size, total + float(x.sum()), squares + float(np.square(x).sum())
-        mean = total / max(n, 1.0)
-        return mean, max(squares / max(n, 1.0) - mean * mean, 0.0) ** 0.5
+    def moments(samples: Iterable[Feeds]) -> dict[str, tuple[float, float]]:
+        sums: dict[str, list[float]] = {}
+        for sample in samples:
+            for name, value in sample.items():
+                x = np.asarray(value)
+                if not np.issubdtype(x.dtype, np.floating):
+                    continue
+                x = x.astype(np.float64)
+                n, total, squares = sums.setdefault(name, [0.0, 0.0, 0.0])
+                sums[name] = [n + x.size, total + float(x.sum()), squares + float(np.square(x).sum())]
+        out = {}
+        for name, (n, total, squares) in sums.items():
+            mean = total / max(n, 1.0)
+            out[name] = (mean, max(squares / max(n, 1.0) - mean * mean, 0.0) ** 0.5)
+        return out
 
-    shifts = {}
-    first = next(iter(calibration), {})
-    for name, value in first.items():
-        if not np.issubdtype(np.asarray(value).dtype, np.floating) or not all(name in h for h in held):
-            continue
-        mean, spread = moments(calibration, name)
-        other, _ = moments(held, name)
-        shifts[name] = abs(other - mean) / spread if spread > 0 else 0.0
-    return shifts
+    calib, other = moments(calibration), moments(held)
+    return {name: abs(other[name][0] - mean) / spread if spread > 0 else 0.0
+            for name, (mean, spread) in calib.items() if name in other}
 
 
 def representativeness(onnx_path: Path, ranges: Mapping[str, tuple[float, float]], method: str,
-                       calibration: Sequence[Feeds], held: Sequence[Feeds], held_source: str,
+                       calibration: CalibrationSet, held: Sequence[Feeds], held_source: str,
                        held_in_calibration: bool) -> tuple[dict[str, Any], list[str]]:
     """The manifest's record of how well the calibration ranges cover the held-out samples, and the warnings
     to print."""

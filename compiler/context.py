@@ -68,6 +68,46 @@ def quiet_tools(*more_loggers: str) -> Iterator[None]:
             lg.setLevel(level)
 
 
+class NativeOutput:
+    """What native code wrote to the process's stdout/stderr inside ``native_output`` (set when it ends)."""
+
+    text = ""
+
+
+@contextlib.contextmanager
+def native_output(before_restore: Callable[[], None] | None = None) -> Iterator[NativeOutput]:
+    """Hold back what native libraries write to file descriptors 1 and 2 directly (C++ logging, which neither
+    sys.stdout nor a logger sees); the text is on the yielded object afterwards, for error messages.
+    ``before_restore`` runs before the descriptors are put back (to flush a library's C stdio buffers)."""
+    import os
+    import sys
+    import tempfile
+
+    captured = NativeOutput()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = []
+    with tempfile.TemporaryFile(mode="w+b") as sink:
+        try:
+            for fd in (1, 2):
+                try:
+                    saved.append((fd, os.dup(fd)))
+                    os.dup2(sink.fileno(), fd)
+                except OSError:
+                    pass
+            yield captured
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            if before_restore is not None:
+                before_restore()
+            for fd, old in saved:
+                os.dup2(old, fd)
+                os.close(old)
+            sink.seek(0)
+            captured.text = sink.read().decode(errors="replace")
+
+
 def track(report: Reporter, label: str, items: Iterable[T], total: int | None = None) -> Iterator[T]:
     """Yield ``items``, advancing a progress bar (see ``progress``) by one for each."""
     if total is None and hasattr(items, "__len__"):

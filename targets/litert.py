@@ -18,7 +18,6 @@ import re
 import sys
 import tempfile
 import time
-import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -459,34 +458,18 @@ def _unique_names(names: list[str], tensors: list[int]) -> dict[int, str]:
 def quiet_litert() -> Iterator[None]:
     """Silence litert-torch's progress, torch's warnings and LiteRT's C++ logging, which writes to the
     process's stdout/stderr directly (errors still arrive as exceptions)."""
-    from edgec.compiler.context import quiet_tools
+    from edgec.compiler.context import native_output, quiet_tools
 
     saved_env = os.environ.get("LITERT_TORCH_SHOW_PROGRESS")
     os.environ["LITERT_TORCH_SHOW_PROGRESS"] = "n"
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved_fds = []
-    with tempfile.TemporaryFile(mode="w+b") as sink:
-        try:
-            for fd in (1, 2):
-                try:
-                    saved_fds.append((fd, os.dup(fd)))
-                    os.dup2(sink.fileno(), fd)
-                except OSError:
-                    pass
-            with quiet_tools("litert_torch", "absl"), warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                yield
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            for fd, saved in saved_fds:
-                os.dup2(saved, fd)
-                os.close(saved)
-            if saved_env is None:
-                os.environ.pop("LITERT_TORCH_SHOW_PROGRESS", None)
-            else:
-                os.environ["LITERT_TORCH_SHOW_PROGRESS"] = saved_env
+    try:
+        with native_output(), quiet_tools("litert_torch", "absl"):
+            yield
+    finally:
+        if saved_env is None:
+            os.environ.pop("LITERT_TORCH_SHOW_PROGRESS", None)
+        else:
+            os.environ["LITERT_TORCH_SHOW_PROGRESS"] = saved_env
 
 
 def _layout_plan(spec: InputSpec, channels_last_io: bool) -> tuple[list, list]:

@@ -13,34 +13,11 @@ import json
 import numpy as np
 import pytest
 
+import zoo_models
+
 pytestmark = pytest.mark.slow
 
 PLANTED = "node_conv2d_1"  # the conv that reads the outlier channel (ONNX node of the FP32 export)
-
-
-def _net(outlier: float):
-    import torch
-    from torch import nn
-
-    class Net(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            torch.manual_seed(0)
-            self.conv1 = nn.Conv2d(1, 8, 3, padding=1)
-            self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
-            self.head = nn.Linear(8 * 8 * 8, 10)
-            scale = torch.ones(1, 8, 1, 1)
-            scale[0, 0] = outlier
-            self.register_buffer("scale", scale)
-            with torch.no_grad():
-                self.conv2.weight[:, 0] /= outlier
-
-        def forward(self, x):
-            x = torch.relu(self.conv1(x)) * self.scale
-            x = torch.relu(self.conv2(x))
-            return self.head(x.flatten(1))
-
-    return Net().eval()
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +30,7 @@ def nets(tmp_path_factory):
     np.savez(d / "calib.npz", x=x[:48])
     np.savez(d / "other.npz", x=x[48:])
     for name, outlier in (("plain", 1.0), ("planted", 200.0)):
-        torch.export.save(torch.export.export(_net(outlier), (torch.zeros(1, 1, 8, 8),)), str(d / f"{name}.pt2"))
+        torch.export.save(torch.export.export(zoo_models.outlier_net(outlier), (torch.zeros(1, 1, 8, 8),)), str(d / f"{name}.pt2"))
     return d
 
 

@@ -112,3 +112,31 @@ def onnx_with_constant_weights(path) -> None:
     model.ir_version = 8
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
+
+
+def outlier_net(outlier: float) -> nn.Module:
+    """conv -> relu -> scale channel 0 by ``outlier`` -> conv that undoes it -> relu -> linear.
+
+    In float the scale cancels out. INT8 quantizes the scaled tensor per tensor, so its step is ``outlier``
+    times too coarse for channels 1-7, and the error shows at the second conv: the layer to keep in FP32.
+    """
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.conv1 = nn.Conv2d(1, 8, 3, padding=1)
+            self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+            self.head = nn.Linear(8 * 8 * 8, 10)
+            scale = torch.ones(1, 8, 1, 1)
+            scale[0, 0] = outlier
+            self.register_buffer("scale", scale)
+            with torch.no_grad():
+                self.conv2.weight[:, 0] /= outlier
+
+        def forward(self, x):
+            x = torch.relu(self.conv1(x)) * self.scale
+            x = torch.relu(self.conv2(x))
+            return self.head(x.flatten(1))
+
+    return Net().eval()

@@ -392,7 +392,7 @@ def _representativeness(pipeline: Any, recipe: Recipe, plan: _Plan, onnx_model: 
     if not plan.needs_int8 or calibration is None or held is None:
         return None
     stats = pipeline.value("calibration_stats")
-    record, warnings = representativeness(onnx_model.path, stats.ranges(), stats.method, list(calibration),
+    record, warnings = representativeness(onnx_model.path, stats.ranges(), stats.method, calibration,
                                           held.samples, held.description, held.in_sample)
     worst = record["worst"][0] if record["worst"] else None
     report(f"[calibration] {record['tensors_checked']} calibrated tensors on {held.description}: "

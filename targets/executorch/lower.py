@@ -16,10 +16,7 @@ import contextlib
 import copy
 import dataclasses
 import io
-import os
 import re
-import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from edgec.compiler.context import NativeOutput
 from edgec.compiler.errors import (
     CalibrationError,
     ExportError,
@@ -91,45 +89,25 @@ def _flush_c_stdio() -> None:
         pass
 
 
-class _Captured:
-    text = ""
-
-
 @contextlib.contextmanager
-def native_output() -> Iterator[_Captured]:
+def native_output() -> Iterator[NativeOutput]:
     """Hold back what ExecuTorch's C++ side writes to the process's stdout/stderr (cpuinfo probing, "Missing
     operator" lines) and Python warnings; the text is kept on the yielded object for error messages."""
-    import warnings
-
+    from edgec.compiler.context import native_output as native_fds
     from edgec.compiler.context import quiet_tools
 
-    captured = _Captured()
     text = io.StringIO()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = []
-    with tempfile.TemporaryFile(mode="w+b") as sink:
-        try:
-            for fd in (1, 2):
-                try:
-                    saved.append((fd, os.dup(fd)))
-                    os.dup2(sink.fileno(), fd)
-                except OSError:
-                    pass
-            # The runtime's log lines may also arrive through Python's sys.stdout (pybind's print).
-            with quiet_tools("executorch"), contextlib.redirect_stdout(text), contextlib.redirect_stderr(text), \
-                    warnings.catch_warnings():
-                warnings.simplefilter("ignore")
+    captured = None
+    # ExecuTorch logs through C stdio, fully buffered when stdout is not a terminal: flushed before restoring.
+    try:
+        with native_fds(before_restore=_flush_c_stdio) as captured:
+            # The runtime's log lines may also arrive through Python's sys.stdout (pybind's print); quiet_tools
+            # holds back Python warnings.
+            with quiet_tools("executorch"), contextlib.redirect_stdout(text), contextlib.redirect_stderr(text):
                 yield captured
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            _flush_c_stdio()  # ExecuTorch logs through C stdio, fully buffered when stdout is not a terminal
-            for fd, old in saved:
-                os.dup2(old, fd)
-                os.close(old)
-            sink.seek(0)
-            captured.text = sink.read().decode(errors="replace") + text.getvalue()
+    finally:
+        if captured is not None:
+            captured.text += text.getvalue()
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -163,7 +141,7 @@ def load_method(path_or_bytes: Path | bytes, threads: int | None = None) -> Any:
     return method
 
 
-def _runtime_error(exc: BaseException, logs: _Captured) -> Exception:
+def _runtime_error(exc: BaseException, logs: NativeOutput) -> Exception:
     """Returns a RuntimeError whose message carries the missing operators the runtime logged."""
     missing = sorted(set(re.findall(r"Missing operator: \[\d+\] (\S+)", logs.text)))
     if missing:

@@ -55,11 +55,15 @@ class OnnxRuntimeOptions:
     )
 
 
+X86 = ("x86_64", "amd64", "i686", "x86")
+_VNNI = (("avx512_vnni", "AVX512-VNNI"), ("avx_vnni", "AVX-VNNI"))
+
+
 def _x86_flags() -> set[str] | None:
     """The CPU flags of an x86 machine; None off x86 or when they cannot be read."""
     import platform
 
-    if platform.machine().lower() not in ("x86_64", "amd64", "i686", "x86"):
+    if platform.machine().lower() not in X86:
         return None
     try:
         with open("/proc/cpuinfo") as f:
@@ -77,15 +81,24 @@ def host_has_vnni() -> bool | None:
     return None if flags is None else bool(flags & {"avx512_vnni", "avx_vnni"})
 
 
+def int8_isa(arch: str, flags: frozenset[str] | set[str] | None) -> str:
+    """The instructions ONNX Runtime's INT8 kernels can use on a CPU of ``arch`` with ``flags`` (None: not
+    readable), e.g. "AVX512-VNNI", "AVX2 without VNNI"; off x86, the architecture."""
+    if arch.lower() not in X86:
+        return arch
+    if flags is None:
+        return f"{arch}, CPU flags not readable"
+    vnni = [name for flag, name in _VNNI if flag in flags]
+    if vnni:
+        return " and ".join(vnni)
+    return "AVX2 without VNNI" if "avx2" in flags else f"{arch} without AVX2"
+
+
 def host_int8_isa() -> str:
-    """What ONNX Runtime's INT8 kernels run on here, for figures: "AVX512-VNNI", "AVX2 without VNNI", ..."""
+    """``int8_isa`` of this machine, for the figures a build records."""
     import platform
 
-    flags = _x86_flags()
-    if flags is None:
-        return platform.machine() or "unknown CPU"
-    vnni = [name for flag, name in (("avx512_vnni", "AVX512-VNNI"), ("avx_vnni", "AVX-VNNI")) if flag in flags]
-    return " and ".join(vnni) or ("AVX2 without VNNI" if "avx2" in flags else "x86 without AVX2")
+    return int8_isa(platform.machine() or "unknown CPU", _x86_flags())
 
 
 def resolve_reduce_range(value: bool | str) -> tuple[bool, str]:

@@ -9,38 +9,9 @@ import json
 import numpy as np
 import pytest
 
+import zoo_models
 from edgec.benchmarks.compare import layer_errors, match_layers, runtime_layer_errors
 from edgec.compiler.types import LayerOutput
-
-
-def _outlier_net(outlier: float):
-    """conv -> relu -> scale channel 0 by ``outlier`` -> conv that undoes it -> relu -> linear.
-
-    In float the scale cancels out. INT8 quantizes the scaled tensor per tensor, so its step is ``outlier``
-    times too coarse for channels 1-7, and the error shows at the second conv: the layer to keep in FP32.
-    """
-    import torch
-    from torch import nn
-
-    class Net(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            torch.manual_seed(0)
-            self.conv1 = nn.Conv2d(1, 8, 3, padding=1)
-            self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
-            self.head = nn.Linear(8 * 8 * 8, 10)
-            scale = torch.ones(1, 8, 1, 1)
-            scale[0, 0] = outlier
-            self.register_buffer("scale", scale)
-            with torch.no_grad():
-                self.conv2.weight[:, 0] /= outlier
-
-        def forward(self, x):
-            x = torch.relu(self.conv1(x)) * self.scale
-            x = torch.relu(self.conv2(x))
-            return self.head(x.flatten(1))
-
-    return Net().eval()
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +25,7 @@ def planted(tmp_path_factory):
     np.savez(d / "calib.npz", x=x[:32])
     np.savez(d / "eval.npz", x=x[32:])
     for name, outlier in (("plain", 1.0), ("outlier", 200.0)):
-        exported = torch.export.export(_outlier_net(outlier), (torch.zeros(1, 1, 8, 8),))
+        exported = torch.export.export(zoo_models.outlier_net(outlier), (torch.zeros(1, 1, 8, 8),))
         torch.export.save(exported, str(d / f"{name}.pt2"))
     return d
 
