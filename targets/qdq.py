@@ -96,6 +96,12 @@ def _at_min_opset(src: Path, tmp: Path, purpose: str) -> Path:
     return path
 
 
+def _dynamic_names(nodes: list[str]) -> list[str]:
+    """``nodes`` as ONNX Runtime's dynamic quantizer names them: it first rewrites each Gemm ``G`` into a MatMul
+    ``G_MatMul`` (+ ``G_Add``) and matches ``nodes_to_exclude`` against the rewritten graph."""
+    return [*nodes, *(f"{n}_MatMul" for n in nodes)]
+
+
 def quantize_dynamic_int8(src: Path, out: Path, *, per_channel: bool = True, reduce_range: bool = False,
                           exclude: list[str] | None = None) -> None:
     """Write ``out``: int8 weights (per output channel) for every MatMul/Gemm with a constant weight, activations
@@ -113,7 +119,7 @@ def quantize_dynamic_int8(src: Path, out: Path, *, per_channel: bool = True, red
             quantize_dynamic(
                 str(_at_min_opset(Path(src), Path(tmp), "dynamic INT8 quantization")), str(out),
                 op_types_to_quantize=["MatMul", "Gemm"], per_channel=per_channel, reduce_range=reduce_range,
-                weight_type=QuantType.QInt8, nodes_to_exclude=exclude or [],
+                weight_type=QuantType.QInt8, nodes_to_exclude=_dynamic_names(exclude or []),
             )
     except QuantizationError:
         raise

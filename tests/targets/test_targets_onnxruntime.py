@@ -135,3 +135,33 @@ def test_other_calibration_methods(prepared, tmp_path, method):
     assert stats.method == method and stats.tensors > 5
     art = OnnxRuntimeTarget().build(onnx_model, Precision.INT8, stats, tmp_path)[0]
     assert art.metadata["calibration_method"] == method
+
+
+def test_dynamic_int8_keeps_an_excluded_gemm_in_float(tmp_path):
+    """ONNX Runtime's dynamic quantizer rewrites Gemm G into MatMul G_MatMul before it matches nodes_to_exclude:
+    a Gemm the fallback keeps in float (an encoder's linear layers are Gemms) must still be left alone."""
+    from onnx import TensorProto, helper
+
+    from edgec.targets.qdq import quantize_dynamic_int8
+
+    rng = np.random.default_rng(0)
+    inits = []
+    nodes = []
+    for i, src in enumerate(("x", "h0")):
+        w, b = f"w{i}", f"b{i}"
+        inits += [numpy_helper.from_array(rng.normal(size=(16, 16)).astype(np.float32), w),
+                  numpy_helper.from_array(rng.normal(size=16).astype(np.float32), b)]
+        nodes.append(helper.make_node("Gemm", [src, w, b], [f"h{i}"], name=f"gemm{i}", transB=1))
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 16])],
+                              [helper.make_tensor_value_info("h1", TensorProto.FLOAT, [2, 16])], inits)
+    src = tmp_path / "gemms.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), src)
+    for exclude, integer_ops in (([], 2), (["gemm1"], 1), (["gemm0", "gemm1"], 0)):
+        out = tmp_path / f"dyn{len(exclude)}.onnx"
+        quantize_dynamic_int8(src, out, exclude=exclude)
+        ops = [n.op_type for n in onnx.load(str(out)).graph.node]
+        assert ops.count("MatMulInteger") == integer_ops, (exclude, ops)
+    x = rng.normal(size=(2, 16)).astype(np.float32)
+    want = ort_session(src).run(None, {"x": x})[0]
+    got = ort_session(tmp_path / "dyn2.onnx").run(None, {"x": x})[0]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
