@@ -49,7 +49,7 @@ import numpy as np
 from edgec.benchmarks import postprocess as pp
 from edgec.benchmarks.accuracy import _cosine, _snr_db
 from edgec.compiler.errors import CalibrationError, ConfigError, missing_dependency
-from edgec.compiler.tasks import GENERIC, OutputTask, class_axis, detection_layout, sequence_axes
+from edgec.compiler.tasks import GENERIC, OutputTask, class_axis, detection_layout, grid_levels, sequence_axes
 
 #: Fixed detection decoding (the usual YOLO evaluation settings), so reference and candidate decode alike.
 SCORE_THRESHOLD = 0.25
@@ -501,11 +501,15 @@ def mean_average_precision(
 
 
 def _images(task: OutputTask, arrays: list[np.ndarray]) -> list[np.ndarray]:
-    """Each batch row of each sample as ``[anchors, channels]``."""
+    """Each batch row of each sample as ``[anchors, channels]``, grid-decoded when the task says so."""
     out = []
     for a in arrays:
         lay = detection_layout(task, a.shape)
-        out.extend(np.moveaxis(a[b], lay.anchor_axis - 1, 0) for b in range(a.shape[0]))
+        rows = [np.moveaxis(a[b], lay.anchor_axis - 1, 0) for b in range(a.shape[0])]
+        if task.opts["grid"] is not None:
+            levels = grid_levels(task, a.shape[lay.anchor_axis])
+            rows = [pp.grid_decode(r, lay.boxes, levels) for r in rows]
+        out.extend(rows)
     return out
 
 

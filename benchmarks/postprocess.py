@@ -117,6 +117,19 @@ def decode_detections(
     return xyxy[keep], conf[sel][keep], cls[sel][keep].astype(np.int64)
 
 
+def grid_decode(rows: np.ndarray, boxes: tuple[int, int], levels: list[tuple[int, int, int]]) -> np.ndarray:
+    """``[A, K]`` anchor rows of a raw anchor-free head -> the same rows with the box channels in pixels
+    (cx, cy, w, h), YOLOX style: ``(offset + cell) * stride`` and ``exp(log size) * stride``; ``levels`` are
+    (rows, columns, stride) of each level, anchors level by level, row-major."""
+    cells = [np.stack(np.meshgrid(np.arange(c), np.arange(r)), -1).reshape(-1, 2) for r, c, _ in levels]
+    stride = np.concatenate([np.full((r * c, 1), s, dtype=np.float64) for r, c, s in levels])
+    out = np.array(rows, dtype=np.float64, copy=True)
+    b = boxes[0]
+    out[:, b:b + 2] = (out[:, b:b + 2] + np.concatenate(cells)) * stride
+    out[:, b + 2:b + 4] = np.exp(np.clip(out[:, b + 2:b + 4], -20.0, 20.0)) * stride
+    return out
+
+
 def class_probabilities(rows: np.ndarray, scores: tuple[int, int], objectness: int | None = None,
                         probabilities: bool = True) -> np.ndarray:
     """The ``[A, C]`` class scores of anchor rows, sigmoid applied to logits and objectness multiplied in."""

@@ -37,8 +37,9 @@ Without graph evidence:
 - anything else -> ``generic``: cosine, SNR and errors only, no task figure.
 
 Not decided by inference (declare them): the box layout (``xyxy`` vs ``cxcywh``, inferred as ``cxcywh``), a
-YOLOv5-style objectness channel (it looks like one more sigmoid score), an unnormalised embedding, CTC vs
-per-frame argmax decoding of a softmax sequence, and the channel axis of an NHWC map.
+YOLOv5-style objectness channel (it looks like one more sigmoid score), a raw anchor-free head whose boxes are
+still grid offsets and log sizes (YOLOX exported without its decode: ``grid=8/16/32``), an unnormalised
+embedding, CTC vs per-frame argmax decoding of a softmax sequence, and the channel axis of an NHWC map.
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ WIDE_OUTPUT = 64
 class Option:
     """One option of a task: its kind, default and what it means (the single place an option is defined)."""
 
-    kind: str  # "int", "float", "bool", "slice", "choice"
+    kind: str  # "int", "float", "bool", "slice", "choice", "ints" (A/B/C, positive)
     default: Any
     description: str
     choices: tuple[str, ...] = ()
@@ -107,11 +108,16 @@ class Option:
             if not 0 <= start < stop:
                 raise ValueError("expected 0 <= START < STOP")
             return (start, stop)
+        if self.kind == "ints":
+            parts = value.split("/") if isinstance(value, str) else list(value)
+            if not parts or not all(re.fullmatch(r"\d+", str(p).strip()) and int(p) > 0 for p in parts):
+                raise ValueError("expected positive integers A/B/...")
+            return tuple(int(p) for p in parts)
         raise AssertionError(self.kind)
 
     def kind_text(self) -> str:
         text = {"int": "an integer", "float": "a number", "bool": "true or false", "slice": "START:STOP",
-                "choice": "one of " + ", ".join(self.choices)}[self.kind]
+                "ints": "positive integers A/B/...", "choice": "one of " + ", ".join(self.choices)}[self.kind]
         return text + (", or none" if self.nullable else "")
 
     def text(self, value: Any) -> str:
@@ -119,6 +125,8 @@ class Option:
             return "none"
         if self.kind == "slice":
             return f"{value[0]}:{value[1]}"
+        if self.kind == "ints":
+            return "/".join(str(v) for v in value)
         if self.kind == "bool":
             return "true" if value else "false"
         return str(value)
@@ -150,6 +158,11 @@ OPTIONS: dict[str, dict[str, Option]] = {
         "objectness": _axis(None, "channel of an objectness score multiplied into the class scores",
                             nullable=True),
         "probabilities": Option("bool", True, "scores are already sigmoid probabilities (else logits)"),
+        "grid": Option("ints", None, "raw anchor-free head (YOLOX without its decode): box centres are offsets from "
+                       "grid cells and sizes are log sizes, at these strides S1/S2/... (e.g. 8/16/32), anchors "
+                       "level by level, row-major; decoded to pixels before scoring", nullable=True),
+        "grid_width": Option("int", None, "input width in pixels for the grid decode (default: a square input)",
+                             nullable=True),
     },
     "dense": {
         "axis": _axis(1, "channel/class axis of the map (none: no channel axis)", nullable=True),
@@ -247,6 +260,8 @@ class OutputTask:
                            else f"anchors on axis {o['anchor_axis']}")
             if not o["probabilities"]:
                 details.append("score logits")
+            if o["grid"] is not None:
+                details.append(f"grid decode at strides {table['grid'].text(o['grid'])}")
         elif self.task == "dense":
             details.append("no channel axis" if o["axis"] is None else f"channel axis {o['axis']}")
             details.append("argmax per pixel" if o["exclusive"] else f"threshold {o['threshold']:g}")
@@ -414,7 +429,36 @@ def detection_layout(task: OutputTask, shape: tuple[Any, ...]) -> DetectionLayou
             + f" do not fit its {channels} channels on axis {channel}",
             hint=f"declare {task.output}=detection:boxes=0:4,scores=4:{channels} (or anchor_axis to swap the axes)",
         )
+    if o["grid"] is not None:
+        if o["layout"] != "cxcywh":
+            raise ConfigError(f"output '{task.output}': grid={table_text(task, 'grid')} decodes centre offsets and "
+                              "log sizes, which is layout cxcywh", hint="drop layout=xyxy or grid=")
+        if isinstance(shape[anchor], int):
+            grid_levels(task, shape[anchor])
     return DetectionLayout(anchor, channel, boxes, scores, objectness)
+
+
+def table_text(task: OutputTask, name: str) -> str:
+    return OPTIONS[task.task][name].text(task.opts[name])
+
+
+def grid_levels(task: OutputTask, anchors: int) -> list[tuple[int, int, int]]:
+    """(rows, columns, stride) of each level of a detection output's ``grid``, for ``anchors`` anchors: the
+    input is square unless ``grid_width`` is given. ConfigError, naming the output, when they do not fit."""
+    strides, width = task.opts["grid"], task.opts["grid_width"]
+    density = sum(1.0 / (s * s) for s in strides)  # anchors per input pixel
+    if width is None:
+        height = width = round((anchors / density) ** 0.5)
+    else:
+        height = round(anchors / (density * width))
+    levels = [(height // s, width // s, s) for s in strides]
+    if sum(r * c for r, c, _ in levels) != anchors:
+        given = "a square input" if task.opts["grid_width"] is None else f"an input {width} pixels wide"
+        raise ConfigError(
+            f"output '{task.output}' has {anchors} anchors, which {given} does not give at strides "
+            f"{table_text(task, 'grid')}",
+            hint="check grid=S1/S2/... (the head's strides, finest first) and give grid_width=W for a non-square input")
+    return levels
 
 
 def check_shape(task: OutputTask, shape: tuple[Any, ...]) -> OutputTask:

@@ -100,15 +100,20 @@ def test_minilm_reads_safetensors_pools_over_the_mask_and_normalises(tmp_path):
     assert torch.allclose(out[0], out[1], atol=1e-5) and torch.allclose(out[0], alone[0], atol=1e-5)
 
 
-def test_yolox_decode_puts_boxes_on_the_grid():
-    from bench.realworld import yolox_decode
+def test_the_detector_task_decodes_ddddocr_grid():
+    """The section declares ddddocr's head with grid=8/16/32: its 3549 anchors decode on the 416 grid."""
+    from bench.realworld import DET_TASK
+    from edgec.benchmarks.postprocess import grid_decode
+    from edgec.compiler.tasks import OutputTask, detection_layout, grid_levels, parse_declaration
 
+    task = OutputTask(*parse_declaration(DET_TASK))
     raw = np.zeros((1, 52 * 52 + 26 * 26 + 13 * 13, 6), dtype=np.float32)
-    out = yolox_decode(raw)
-    assert out.shape == raw.shape
-    assert out[0, 0, :4].tolist() == [0, 0, 8, 8]
-    assert out[0, 53, :4].tolist() == [8, 8, 8, 8]  # row 1, column 1 of the stride-8 grid
-    assert out[0, 52 * 52, :4].tolist() == [0, 0, 16, 16] and out[0, -1, :4].tolist() == [384, 384, 32, 32]
+    lay = detection_layout(task, raw.shape)
+    out = grid_decode(raw[0], lay.boxes, grid_levels(task, raw.shape[1]))
+    assert out.shape == raw.shape[1:]
+    assert out[0, :4].tolist() == [0, 0, 8, 8]
+    assert out[53, :4].tolist() == [8, 8, 8, 8]  # row 1, column 1 of the stride-8 grid
+    assert out[52 * 52, :4].tolist() == [0, 0, 16, 16] and out[-1, :4].tolist() == [384, 384, 32, 32]
 
 
 def test_letterbox_and_classifier_preprocessing():

@@ -25,7 +25,7 @@ from edgec.benchmarks.metrics import (
     voc_ap,
 )
 from edgec.compiler.errors import CalibrationError, ConfigError
-from edgec.compiler.tasks import OutputTask
+from edgec.compiler.tasks import OutputTask, detection_layout
 from usererrors import raises_user_error
 
 sklearn = pytest.importorskip("sklearn", reason="task metrics need scikit-learn (pip install 'edgec[samples]')")
@@ -424,6 +424,53 @@ def test_detection_with_objectness_and_logits():
     assert clean.figures["reference_boxes"] == 3 and clean.drop == 0.0
     m = task_metrics(task, [arr], [cand])
     assert m.figures["candidate_boxes"] == 0 and m.figures["missed_boxes"] == 3 and m.drop == 100.0
+
+
+def yolox_head(boxes_xyxy, classes, size=64, strides=(8, 16, 32), num_classes=2):
+    """A raw YOLOX head [1, A, 4+1+C] (grid offsets, log sizes, objectness, class scores) whose decode gives
+    ``boxes_xyxy``: each box on the anchor of the cell holding its centre at the stride nearest its size."""
+    levels = [(size // s, size // s, s) for s in strides]
+    rows = np.zeros((sum(r * c for r, c, _ in levels), 5 + num_classes))
+    rows[:, 2:4] = np.log(0.5)  # background anchors: half-cell boxes, no object
+    for (x0, y0, x1, y1), cls in zip(boxes_xyxy, classes):
+        w, h, cx, cy = x1 - x0, y1 - y0, (x0 + x1) / 2, (y0 + y1) / 2
+        level = int(np.argmin([abs(np.log(max(w, h) / (4 * s))) for s in strides]))
+        start = sum(r * c for r, c, _ in levels[:level])
+        r, c, s = levels[level]
+        a = start + int(cy // s) * c + int(cx // s)
+        rows[a, :4] = (cx / s - cx // s, cy / s - cy // s, np.log(w / s), np.log(h / s))
+        rows[a, 4], rows[a, 5 + cls] = 0.9, 1.0
+    return rows[None]
+
+
+def test_detection_grid_decode_scores_pixel_boxes():
+    """A raw anchor-free head declared with grid=8/16/32: boxes are decoded to pixels before matching, so the
+    ground truth in pixels matches, and an error of the raw log size counts as the pixel error it causes."""
+    truth = (np.array([[4.0, 6.0, 20.0, 18.0], [30.0, 8.0, 62.0, 40.0], [10.0, 40.0, 22.0, 60.0]]), np.array([0, 1, 0]))
+    head = yolox_head(*truth)
+    task = OutputTask("output", "detection", {"objectness": 4, "anchor_axis": 1, "grid": "8/16/32"})
+    m = task_metrics(task, [head], [head], labels=[truth])
+    assert m.figures["reference_boxes"] == 3 and m.figures["map50"] == 1.0
+    raw = task_metrics(OutputTask("output", "detection", {"objectness": 4, "anchor_axis": 1}), [head], [head],
+                       labels=[truth])
+    assert raw.figures["map50"] == 0.0  # undecoded, the head's boxes are offsets, nowhere near the truth
+    cand = head.copy()
+    a = int(np.flatnonzero(head[0, :, 5 + 1] > 0)[0])  # the 32 px box
+    cand[0, a, 2] += np.log(1.25)  # its width 25% larger in pixels
+    m = task_metrics(task, [head], [cand])
+    assert m.figures["matched_boxes"] == 3 and m.value == pytest.approx((2 + 1 / 1.25) / 3, abs=1e-6)
+
+
+def test_detection_grid_must_fit_the_anchors():
+    task = OutputTask("output", "detection", {"anchor_axis": 1, "grid": "8/16/32"})
+    with pytest.raises(ConfigError, match=r"'output' has 85 anchors, which a square input") as err:
+        task_metrics(task, [np.zeros((1, 85, 6))], [np.zeros((1, 85, 6))])
+    assert "grid_width=W" in err.value.hint
+    wide = OutputTask("output", "detection", {"anchor_axis": 1, "grid": "8/16/32", "grid_width": 128})
+    anchors = 8 * 16 + 4 * 8 + 2 * 4  # 64 high, 128 wide
+    assert task_metrics(wide, [np.zeros((1, anchors, 7))], [np.zeros((1, anchors, 7))]).drop == 0.0
+    with pytest.raises(ConfigError, match="layout cxcywh"):
+        detection_layout(OutputTask("output", "detection", {"grid": "8/16", "layout": "xyxy"}), (1, 80, 6))
 
 
 def test_voc_map_by_hand():
