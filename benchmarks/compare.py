@@ -221,21 +221,6 @@ def _as_consumed(model: Any) -> dict[str, str]:
     return seen
 
 
-def _expose(model: Any, names: list[str], types: dict[str, int], path: Path) -> None:
-    """Write ``model`` with ``names`` added to its graph outputs."""
-    import onnx
-
-    from edgec.compiler.onnxutil import save_model
-
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    existing = {o.name for o in m.graph.output}
-    for name in names:
-        if name not in existing:
-            m.graph.output.append(onnx.helper.make_tensor_value_info(name, types[name], None))
-    save_model(m, path)
-
-
 #: Nodes that move or cast data rather than compute: not worth naming as where an error comes from.
 _PLUMBING = frozenset({"Cast", "Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Constant",
                        "QuantizeLinear", "DequantizeLinear"})
@@ -259,7 +244,7 @@ def layer_errors(
     """
     import onnx
 
-    from edgec.compiler.onnxutil import ort_session, topological_sort
+    from edgec.compiler.onnxutil import expose_outputs, ort_session, topological_sort
 
     if not samples:
         raise ConfigError("no samples for the layer-by-layer comparison")
@@ -276,9 +261,9 @@ def layer_errors(
     sums = {name: [0.0, 0.0] for name in shared}  # signal, noise
     with tempfile.TemporaryDirectory(prefix="edgec-layers-") as tmp:
         ref_file, cand_file = Path(tmp) / "reference.onnx", Path(tmp) / "candidate.onnx"
-        _expose(ref_model, shared, ref_types, ref_file)
-        _expose(cand_model, cand_names, {c: cand_types.get(c, cand_types[s]) for s, c in zip(shared, cand_names)},
-                cand_file)
+        expose_outputs(ref_model, shared, ref_file, ref_types)
+        expose_outputs(cand_model, cand_names, cand_file,
+                       {c: cand_types.get(c, cand_types[s]) for s, c in zip(shared, cand_names)})
         ref_sess = ort_session(ref_file, level="basic")
         cand_sess = ort_session(cand_file, level="basic")
         ref_inputs = [i.name for i in ref_sess.get_inputs()]

@@ -53,8 +53,8 @@ def clipped_fractions(onnx_path: Path, ranges: Mapping[str, tuple[float, float]]
     outside its calibrated range; worst first."""
     import onnx
 
-    from edgec.benchmarks.compare import _expose, _float_tensors
-    from edgec.compiler.onnxutil import ort_session
+    from edgec.benchmarks.compare import _float_tensors
+    from edgec.compiler.onnxutil import expose_outputs, ort_session
 
     model = onnx.load(str(onnx_path))
     inputs = {i.name for i in model.graph.input}
@@ -63,7 +63,7 @@ def clipped_fractions(onnx_path: Path, ranges: Mapping[str, tuple[float, float]]
     counts = {n: [0, 0, np.inf, -np.inf] for n in [*produced, *(i for i in inputs if i in ranges)]}
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "exposed.onnx"
-        _expose(model, produced, types, path)
+        expose_outputs(model, produced, path, types)
         session = ort_session(path, threads=1, level="basic")
         names = [o.name for o in session.get_outputs()]
         wanted = [n for n in names if n in counts]

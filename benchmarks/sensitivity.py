@@ -16,12 +16,11 @@ from typing import Any
 
 from edgec.benchmarks.compare import _PLUMBING
 from edgec.benchmarks.verify import Verdict
+from edgec.compiler.onnxutil import ACTIVATION_OPS as _FUSED_ACTIVATIONS
 from edgec.compiler.types import Feeds
 
 #: At most this many held-out samples feed the layer-by-layer run (every tensor of both graphs is kept).
 SAMPLES = 8
-#: Activations a quantizer folds into the layer before them.
-_FUSED_ACTIVATIONS = frozenset({"Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "PRelu"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,8 +118,8 @@ def tensor_errors(ref: Any, cand: Any, samples: list[Feeds]) -> tuple[dict[str, 
 
     import numpy as np
 
-    from edgec.benchmarks.compare import _as_consumed, _expose, _float_tensors
-    from edgec.compiler.onnxutil import ort_session
+    from edgec.benchmarks.compare import _as_consumed, _float_tensors
+    from edgec.compiler.onnxutil import expose_outputs, ort_session
 
     ref_types, cand_types = _float_tensors(ref), _float_tensors(cand)
     shared = [name for name in ref_types if name in cand_types]
@@ -130,8 +129,8 @@ def tensor_errors(ref: Any, cand: Any, samples: list[Feeds]) -> tuple[dict[str, 
     sums = {name: [0.0, 0.0, 0.0] for name in shared}  # signal, raw noise, consumed noise
     with tempfile.TemporaryDirectory(prefix="edgec-sensitivity-") as tmp:
         ref_file, cand_file = Path(tmp) / "reference.onnx", Path(tmp) / "candidate.onnx"
-        _expose(ref, shared, ref_types, ref_file)
-        _expose(cand, wanted, {n: cand_types.get(n, ref_types.get(n)) for n in wanted}, cand_file)
+        expose_outputs(ref, shared, ref_file, ref_types)
+        expose_outputs(cand, wanted, cand_file, {n: cand_types.get(n, ref_types.get(n)) for n in wanted})
         ref_sess, cand_sess = ort_session(ref_file, level="basic"), ort_session(cand_file, level="basic")
         names = [i.name for i in ref_sess.get_inputs()]
         for feeds in samples:

@@ -239,6 +239,50 @@ class GraphStructure:
         return bool(self.attention)
 
 
+#: Activations: a quantizer folds them into the layer before them, or (ONNX Runtime's QDQ quantizer, for the
+#: ones it has QLinear kernels for) quantizes them on their own; their rounding belongs to that layer.
+ACTIVATION_OPS = frozenset({"Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "PRelu"})
+
+
+def with_activations(model: Any, nodes: list[str]) -> list[str]:
+    """``nodes`` and the activation nodes that read their outputs (Conv -> Sigmoid of a SiLU): a layer kept in
+    float keeps its activation in float too, else the activation's own Q/DQ still rounds the layer's output."""
+    wanted = set(nodes)
+    outputs = {o for n in model.graph.node if n.name in wanted for o in n.output}
+    extra = [n.name for n in model.graph.node
+             if n.op_type in ACTIVATION_OPS and n.name not in wanted and any(i in outputs for i in n.input)]
+    return [*nodes, *extra]
+
+
+def expose_outputs(model: Any, names: list[str], path: Path, types: dict[str, int] | None = None) -> None:
+    """Write ``model`` with ``names`` added to its graph outputs (element type from ``types``, else float)."""
+    import onnx
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    existing = {o.name for o in m.graph.output}
+    for name in names:
+        if name not in existing:
+            elem = (types or {}).get(name, onnx.TensorProto.FLOAT)
+            m.graph.output.append(onnx.helper.make_tensor_value_info(name, elem, None))
+    save_model(m, path)
+
+
+def linear_layers(model: Any) -> dict[str, list[Any]]:
+    """The MatMul/Gemm nodes with a constant weight (input 1) and no transposed input, by the activation tensor
+    they read: the layers smoothing moves activation outliers into (one scale per input tensor, shared by the
+    layers that read it, as Q, K and V read one LayerNorm output)."""
+    constants = {i.name for i in model.graph.initializer}
+    found: dict[str, list[Any]] = {}
+    for n in model.graph.node:
+        if n.op_type not in ("MatMul", "Gemm") or len(n.input) < 2 or n.input[1] not in constants:
+            continue
+        if n.input[0] in constants or any(a.name == "transA" and a.i for a in n.attribute):
+            continue
+        found.setdefault(n.input[0], []).append(n)
+    return found
+
+
 def graph_structure(model: Any) -> GraphStructure:
     constants = {i.name for i in model.graph.initializer}
     constants |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}

@@ -339,9 +339,14 @@ class CalibrationStats:
     method: str
     samples: int
     tensors: int = 0
+    #: npz: for each input of a linear layer (MatMul/Gemm with a constant weight) of an attention model, the
+    #: largest |value| per channel (last axis) over the calibration set: what smoothing needs (None: not taken)
+    channel_max: Path | None = None
 
     def __post_init__(self) -> None:
         self.path = Path(self.path)
+        if self.channel_max is not None:
+            self.channel_max = Path(self.channel_max)
 
     def ranges(self) -> dict[str, tuple[float, float]]:
         """Tensor name -> (low, high) as calibrated (the file is ONNX Runtime's, read with its loader)."""

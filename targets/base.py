@@ -77,6 +77,11 @@ def parse_options(options_cls: type, values: dict[str, Any], where: str) -> Any:
             )
         if value is not None and f.type in ("bool", bool) and not isinstance(value, bool):
             raise ConfigError(f"option {f.name} for {where} must be true or false, not {value!r}")
+        bounds = f.metadata.get("range")
+        if bounds and not (isinstance(value, (int, float)) and not isinstance(value, bool)
+                           and bounds[0] <= value <= bounds[1]):
+            raise ConfigError(f"option {f.name}={value!r} for {where} is not valid",
+                              hint=f"give a number from {bounds[0]:g} to {bounds[1]:g}")
     return opts
 
 

@@ -130,3 +130,88 @@ def quantize_dynamic_int8(src: Path, out: Path, *, per_channel: bool = True, red
         ) from None
     finally:
         root.setLevel(level)
+
+
+#: Smoothing's migration strength: the share of each input channel's range moved into the weights. Chosen by
+#: measurement on the real MiniLM encoder with dynamic INT8 (bench.realworld): 0.5 left mean cosine at 0.989,
+#: 0.7 to 0.9 gave 0.998 (0.8: 0.9985 and 95.3% nearest-neighbour agreement, against 0.9936 and 91.3% without).
+SMOOTH_ALPHA = 0.8
+#: Bounds of one channel's scale, so a dead or extreme channel cannot blow up its weights.
+SMOOTH_LIMITS = (1e-2, 1e2)
+
+
+def smooth_alpha_option() -> Any:
+    """The ``smooth_alpha`` target option, declared here once for every target that smooths attention models."""
+    import dataclasses
+
+    return dataclasses.field(default=SMOOTH_ALPHA, metadata={
+        "help": "attention models: move activation outliers of linear layers into their weights with this migration "
+                "strength before INT8 (SmoothQuant; 0 = off), from the calibration set's per-channel maxima",
+        "range": (0.0, 1.0)})
+
+
+def smooth_linear_inputs(src: Path, channel_max: Path, out: Path, alpha: float = SMOOTH_ALPHA) -> dict[str, Any]:
+    """Write ``out``: ``src`` with the activation outliers of its linear layers moved into their weights
+    (SmoothQuant, Xiao et al. 2023): each input channel j of the layers reading one tensor is divided by
+    ``s_j = max|x_j|^alpha / max|w_j|^(1-alpha)`` (a Mul on that tensor) and their weights' row j multiplied by
+    it, which the float model does not see and a per-tensor activation scale does. ``channel_max`` holds max|x_j|
+    from the calibration set (``CalibrateStage``). Returns, for each smoothed tensor, its new name and the largest
+    |value| it can take over the calibration set (max_j max|x_j| / s_j): a static quantizer's range for it.
+
+    Written here because the field's implementations do not reach this path: nncf's and ONNX Runtime's SmoothQuant
+    run inside their static quantizers (ONNX Runtime's needs neural-compressor), while attention models on ONNX
+    Runtime take the dynamic quantizer."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    from edgec.compiler.onnxutil import linear_layers, topological_sort
+
+    model = onnx.load(str(src))
+    with np.load(channel_max) as z:
+        maxima = {str(name): z[f"t{i}"] for i, name in enumerate(z["names"])}
+    weights = {i.name: i for i in model.graph.initializer}
+    smoothed: dict[str, Any] = {}
+    replaced: set[str] = set()
+    for tensor, layers in linear_layers(model).items():
+        x_max = maxima.get(tensor)
+        transposed = [n.op_type == "Gemm" and any(a.name == "transB" and a.i for a in n.attribute) for n in layers]
+        mats = [numpy_helper.to_array(weights[n.input[1]]) for n in layers]
+        mats = [m.T if t else m for m, t in zip(mats, transposed)]  # each weight as [in, out]
+        if x_max is None or any(m.ndim != 2 or m.shape[0] != x_max.size for m in mats):
+            continue
+        w_max = np.max([np.abs(m).max(axis=1) for m in mats], axis=0)
+        scale = np.clip(np.maximum(x_max, 1e-5) ** alpha / np.maximum(w_max, 1e-5) ** (1 - alpha), *SMOOTH_LIMITS)
+        factor, moved = f"{tensor}_smooth_factor", f"{tensor}_smoothed"
+        model.graph.initializer.append(numpy_helper.from_array((1.0 / scale).astype(np.float32), factor))
+        model.graph.node.append(onnx.helper.make_node("Mul", [tensor, factor], [moved], name=f"{tensor}_smooth"))
+        for node, m, t in zip(layers, mats, transposed):
+            w = (m * scale[:, None]).astype(np.float32)
+            name = f"{node.input[1]}_smoothed_{node.name}"
+            model.graph.initializer.append(numpy_helper.from_array(w.T if t else w, name))
+            replaced.add(node.input[1])
+            node.input[0], node.input[1] = moved, name
+        smoothed[tensor] = {"name": moved, "absmax": float(np.max(x_max / scale))}
+    used = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
+    kept = [i for i in model.graph.initializer if i.name in used or i.name not in replaced]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept)
+    topological_sort(model)
+    save_model(model, out)
+    return smoothed
+
+
+def with_smoothed_ranges(stats: CalibrationStats, smoothed: dict[str, Any], folder: Path) -> CalibrationStats:
+    """``stats`` plus a symmetric range for each tensor ``smooth_linear_inputs`` made, written in ``folder``, for a
+    static quantizer of the smoothed graph (the ranges are exact: derived from the same per-channel maxima)."""
+    import numpy as np
+    from onnxruntime.quantization.calibrate import TensorData, TensorsData, load_tensors_data, save_tensors_data
+
+    data = load_tensors_data(stats.path)
+    ranges = {name: data[name] for name in data.keys()}
+    for entry in smoothed.values():
+        m = np.float32(entry["absmax"])
+        ranges[entry["name"]] = TensorData(lowest=np.array([-m], np.float32), highest=np.array([m], np.float32))
+    path = folder / stats.path.name
+    save_tensors_data(TensorsData(data.calibration_method, ranges), path)
+    return CalibrationStats(path, stats.method, stats.samples, len(ranges), stats.channel_max)

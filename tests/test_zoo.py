@@ -93,3 +93,19 @@ def test_dynamic_detector_gets_an_optimization_profile_from_the_calibration_samp
     (images,) = bundle["inputs"]
     assert images["min"] == [1, 3, 64, 64] and images["max"] == [8, 3, 64, 64]
     assert images["profile_from"] == ["batch options", "fixed", "calibration samples", "calibration samples"]
+
+
+def test_encoder_int8_is_smoothed_from_its_calibration(zoo_build):
+    """The attention model's cpu INT8 (dynamic) and jetson INT8 (TensorRT QDQ) are quantized from a smoothed graph:
+    the calibration took the per-channel maxima of every linear layer's input, and each build records what it
+    smoothed."""
+    name, _, builds = zoo_build
+    if name != "encoder":
+        pytest.skip("encoder only")
+    for target, runtime in (("cpu", "onnxruntime"), ("jetson", "tensorrt")):
+        _, manifest = builds[target]
+        (int8,) = [a for a in manifest["artifacts"] if a["precision"] == "int8" and a["target"] == runtime]
+        meta = int8["metadata"]
+        smoothing = meta["smoothing"]
+        assert smoothing["applied"] and smoothing["tensors"] >= 2 and smoothing["alpha"] == 0.8, target
+        assert meta["verification"]["passed"]

@@ -20,6 +20,7 @@ from edgec.compiler.stage import Stage
 from edgec.compiler.types import CalibrationSet, CalibrationStats, Feeds, OnnxModel
 
 RANGES_FILE = "ranges.json"
+CHANNEL_MAX_FILE = "channel_max.npz"
 METHODS = ("minmax", "entropy", "percentile")
 
 
@@ -75,6 +76,36 @@ def _chunks(calibration: CalibrationSet, size: int) -> Iterator[list[Feeds]]:
         yield chunk
 
 
+def _channel_max(onnx_model: OnnxModel, calibration: CalibrationSet, out: Path) -> Path | None:
+    """For an attention model: the largest |value| per channel (last axis) of each linear layer's input over the
+    calibration set, saved to ``out`` (what ``targets.qdq.smooth_linear_inputs`` needs). None for other models:
+    their int8 path does not smooth, and this costs one more pass over the calibration set."""
+    import numpy as np
+    import onnx
+
+    from edgec.compiler.onnxutil import expose_outputs, graph_structure, linear_layers, ort_session
+
+    model = onnx.load(str(onnx_model.path))
+    if not graph_structure(model).is_attention_model:
+        return None
+    tensors = sorted(linear_layers(model))
+    if not tensors:
+        return None
+    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+        exposed = Path(tmp) / "exposed.onnx"
+        expose_outputs(model, tensors, exposed)
+        session = ort_session(exposed, level="basic")
+        names = [i.name for i in session.get_inputs()]
+        found: dict[str, Any] = {}
+        for sample in calibration:
+            for name, value in zip(tensors, session.run(tensors, {n: sample[n] for n in names})):
+                v = np.abs(np.asarray(value, np.float32))
+                v = v.reshape(-1, v.shape[-1]).max(axis=0) if v.ndim else v.reshape(1)
+                found[name] = v if name not in found else np.maximum(found[name], v)
+    np.savez(out, **{f"t{i}": found[t] for i, t in enumerate(tensors)}, names=np.array(tensors))
+    return out
+
+
 class CalibrateStage(Stage):
     name = "calibrate"
     reads = ("onnx", "calibration")
@@ -88,7 +119,8 @@ class CalibrateStage(Stage):
         self.percentile = percentile
 
     def options(self) -> dict[str, Any]:
-        opts: dict[str, Any] = {"method": self.method}
+        # Part of the cache key: statistics cached before the per-channel maxima existed do not stand for these.
+        opts: dict[str, Any] = {"method": self.method, "channel_max": "linear-layer inputs of attention models"}
         if self.method == "percentile":
             opts["percentile"] = self.percentile
         return opts
@@ -135,13 +167,17 @@ class CalibrateStage(Stage):
                 ) from None
         save_tensors_data(data, stats.path)
         stats.tensors = len(list(data.keys()))
+        stats.channel_max = _channel_max(onnx_model, calibration, out_dir / CHANNEL_MAX_FILE)
         return stats
 
     def save(self, value: CalibrationStats, out_dir: Path) -> dict[str, Any]:
-        return {"file": value.path.name, "method": value.method, "samples": value.samples, "tensors": value.tensors}
+        return {"file": value.path.name, "method": value.method, "samples": value.samples, "tensors": value.tensors,
+                "channel_max": value.channel_max.name if value.channel_max else None}
 
     def restore(self, result: dict[str, Any], files: Path) -> CalibrationStats:
-        return CalibrationStats(files / result["file"], result["method"], result["samples"], result["tensors"])
+        cmax = result.get("channel_max")
+        return CalibrationStats(files / result["file"], result["method"], result["samples"], result["tensors"],
+                                files / cmax if cmax else None)
 
     def summary(self, value: CalibrationStats) -> dict[str, Any]:
         return {"method": value.method, "samples": value.samples, "tensors": value.tensors}

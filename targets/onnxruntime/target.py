@@ -11,11 +11,18 @@ from pathlib import Path
 from typing import Any
 
 from edgec.compiler.errors import TargetBuildError, missing_dependency
-from edgec.compiler.onnxutil import graph_structure, kernel_counts, ort_session, save_model, topological_sort
+from edgec.compiler.onnxutil import (
+    graph_structure,
+    kernel_counts,
+    ort_session,
+    save_model,
+    topological_sort,
+    with_activations,
+)
 from edgec.compiler.types import Artifact, CalibrationStats, InputSpec, ModelFormat, OnnxModel, Precision, sha256_file
 from edgec.targets.base import Target, require_packages
 from edgec.targets.onnxruntime.runner import OnnxRuntimeRunner
-from edgec.targets.qdq import quantize_dynamic_int8, quantize_qdq
+from edgec.targets.qdq import quantize_dynamic_int8, quantize_qdq, smooth_alpha_option, smooth_linear_inputs
 
 
 @dataclasses.dataclass
@@ -48,6 +55,7 @@ class OnnxRuntimeOptions:
             "choices": ("auto", "static", "dynamic"),
         },
     )
+    smooth_alpha: float = smooth_alpha_option()
     keep_float: list = dataclasses.field(
         default_factory=list,
         metadata={"help": "nodes of the FP32 export left in float in INT8 models (the build's accuracy fallback "
@@ -171,16 +179,19 @@ class OnnxRuntimeTarget(Target):
         import onnx
 
         opts = self.options
-        structure = graph_structure(onnx.load(str(model.path), load_external_data=False))
+        graph = onnx.load(str(model.path), load_external_data=False)
+        structure = graph_structure(graph)
         mode = opts.int8_mode
         if mode == "auto":
             mode = "dynamic" if structure.is_attention_model else "static"
-        keep = sorted(set(opts.keep_float))
+        keep = sorted(set(with_activations(graph, opts.keep_float)))
         meta: dict[str, Any] = {"quantization": "QDQ" if mode == "static" else "dynamic", "int8_mode": mode,
                                 "int8_mode_reason": self._mode_reason(opts.int8_mode, structure)}
         if mode == "dynamic":
-            quantize_dynamic_int8(model.path, out, per_channel=opts.per_channel, reduce_range=opts.reduce_range,
-                                  exclude=keep)
+            with tempfile.TemporaryDirectory(prefix="edgec-smooth-") as tmp:
+                src, meta["smoothing"] = self._smoothed(model, stats, Path(tmp))
+                quantize_dynamic_int8(src, out, per_channel=opts.per_channel, reduce_range=opts.reduce_range,
+                                      exclude=keep)
             meta.update({"flavour": "dynamic U8S8 (MatMulInteger)", "per_channel": opts.per_channel,
                          "reduce_range": opts.reduce_range, "reduce_range_reason": self.reduce_range_reason})
         else:
@@ -201,6 +212,19 @@ class OnnxRuntimeTarget(Target):
         meta["kept_float"] = keep
         meta["fusion"] = fusion_report(out)
         return meta
+
+    def _smoothed(self, model: OnnxModel, stats: CalibrationStats, tmp: Path) -> tuple[Path, dict[str, Any]]:
+        """The FP32 file dynamic quantization starts from: smoothed when the calibration has per-channel maxima
+        and ``smooth_alpha`` is on; with what the manifest records of it."""
+        alpha = self.options.smooth_alpha
+        if not alpha:
+            return model.path, {"applied": False, "reason": "smooth_alpha is 0"}
+        if stats.channel_max is None:
+            return model.path, {"applied": False, "reason": "no per-channel calibration maxima (not an attention "
+                                "model, or statistics from an older build cache)"}
+        path = tmp / model.path.name
+        count = len(smooth_linear_inputs(model.path, stats.channel_max, path, alpha))
+        return path, {"applied": bool(count), "alpha": alpha, "tensors": count}
 
     @staticmethod
     def _mode_reason(asked: str, structure: Any) -> str:

@@ -14,7 +14,7 @@ from typing import Any
 from edgec.compiler.errors import QuantizationError, missing_dependency
 from edgec.compiler.onnxutil import MIN_OPSET, WEIGHTED_OPS, graph_structure, name_nodes, opset_of, save_model
 from edgec.compiler.types import CalibrationStats
-from edgec.targets.qdq import quantize_qdq
+from edgec.targets.qdq import quantize_qdq, smooth_linear_inputs, with_smoothed_ranges
 
 
 def constant_names(model: Any) -> set[str]:
@@ -48,8 +48,9 @@ def nodes_to_quantize(model: Any, keep_float: tuple[str, ...] = ()) -> tuple[lis
 
 
 def quantize_tensorrt(src: Path, out: Path, stats: CalibrationStats, per_channel: bool = True,
-                      keep_float: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Write ``out``, the TensorRT-flavoured QDQ model of ``src``; returns what the metadata records."""
+                      keep_float: tuple[str, ...] = (), smooth_alpha: float = 0.0) -> dict[str, Any]:
+    """Write ``out``, the TensorRT-flavoured QDQ model of ``src``; returns what the metadata records. An attention
+    model is smoothed first (``smooth_alpha``, when the calibration took per-channel maxima)."""
     try:
         import onnx
     except ImportError:
@@ -66,6 +67,11 @@ def quantize_tensorrt(src: Path, out: Path, stats: CalibrationStats, per_channel
     with tempfile.TemporaryDirectory(prefix="edgec-trt-q-") as tmp:
         named = Path(tmp) / "named.onnx"
         save_model(model, named)
+        smoothing: dict[str, Any] = {"applied": False}
+        if smooth_alpha and stats.channel_max is not None and graph_structure(model).is_attention_model:
+            smoothed = smooth_linear_inputs(named, stats.channel_max, named, smooth_alpha)
+            stats = with_smoothed_ranges(stats, smoothed, Path(tmp))
+            smoothing = {"applied": bool(smoothed), "alpha": smooth_alpha, "tensors": len(smoothed)}
         quantize_qdq(
             stats,
             named,
@@ -96,4 +102,5 @@ def quantize_tensorrt(src: Path, out: Path, stats: CalibrationStats, per_channel
         "opset": max(opset, MIN_OPSET),
         "calibration_method": stats.method,
         "calibration_samples": stats.samples,
+        "smoothing": smoothing,
     }

@@ -24,6 +24,7 @@ from edgec.compiler.types import (
     sha256_file,
 )
 from edgec.targets.base import Runner, Target, require_packages
+from edgec.targets.qdq import smooth_alpha_option
 from edgec.targets.tensorrt import bundle as bundle_mod
 from edgec.targets.tensorrt import conformance, devices, lint
 from edgec.targets.tensorrt.fp16 import convert_fp16
@@ -64,6 +65,7 @@ class TensorRTOptions:
     fp16_range_samples: int = dataclasses.field(
         default=64, metadata={"help": "fp16: calibration samples the range check runs"}
     )
+    smooth_alpha: float = smooth_alpha_option()
     keep_float: list = dataclasses.field(
         default_factory=list,
         metadata={"help": "nodes of the FP32 export left without Q/DQ in INT8 models, running as FP32 islands (the "
@@ -136,7 +138,7 @@ class TensorRTTarget(Target):
             meta["fp16"] = convert_fp16(model.path, out, calibration, opts.fp16_limit, opts.fp16_range_samples)
         else:
             info = quantize_tensorrt(model.path, out, calibration, per_channel=opts.per_channel,
-                                     keep_float=tuple(opts.keep_float))
+                                     keep_float=tuple(opts.keep_float), smooth_alpha=opts.smooth_alpha)
             conformance.assert_conformant(out, require_per_channel=opts.per_channel,
                                           float_islands=info["float_islands"])
             info["conformance"] = "passed (edgec.targets.tensorrt.conformance)"

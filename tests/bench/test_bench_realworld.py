@@ -176,3 +176,27 @@ def test_section_table_and_checks_state_failures_and_targets(tmp_path):
     assert got["ddddocr jetson-orin-nano/int8: built and scored"][1] is False
     assert cli_command(case, "cpu", ("int8",)) == (
         "edgec build det.onnx --target cpu -p int8 --calib calib.npz --output-task 'output=detection:scores=5:6'")
+
+
+def test_a_budget_variant_row_has_its_own_checks_and_command(tmp_path):
+    """A case's variant (the same target with one recipe field changed) is a row of its own: scored, timed and
+    checked like the default build, and its command line carries the flag."""
+    from bench.realworld import Case, CaseResult, Row, checks, cli_command, flags_text
+
+    case = Case("minilm", "enc", "wheel", tmp_path / "m.pt2", tmp_path / "calib.npz", [], [], "output=embedding",
+                (("cpu", ("fp32", "int8")),), "embedding", variants=(("cpu", ("int8",), {"min_cosine": 0.998}),))
+    rows = [
+        Row("cpu/fp32", "edgec cpu FP32", timed=True, ratio=1.0, figures={"mean_cosine": 1.0, "nn_agreement": 100.0}),
+        Row("cpu/int8", "edgec cpu INT8", timed=True, ratio=0.45, figures={"mean_cosine": 0.9936, "nn_agreement": 86.0}),
+        Row("cpu/int8 --min-cosine 0.998", "edgec cpu INT8 --min-cosine 0.998", timed=True, ratio=0.81,
+            figures={"mean_cosine": 0.9987, "nn_agreement": 97.3}),
+    ]
+    got = {c.target: (c.measured, c.passed) for c in checks([CaseResult(case, "minilm", rows)], "AVX2")}
+    assert got["minilm cpu/int8: mean cosine >= 0.99, NN agreement >= 95%"] == ("0.9936, 86.0%", False)
+    assert got["minilm cpu/int8 --min-cosine 0.998: mean cosine >= 0.99, NN agreement >= 95%"] == ("0.9987, 97.3%", True)
+    assert got["minilm cpu/int8 latency <= 0.6x ORT FP32 (AVX2)"] == ("0.450x", True)
+    assert got["minilm cpu/int8 --min-cosine 0.998 latency <= 0.6x ORT FP32 (AVX2)"] == ("0.810x", False)
+    assert cli_command(case, "cpu", ("int8",), {"min_cosine": 0.998}) == (
+        "edgec build m.pt2 --target cpu -p int8 --min-cosine 0.998 --calib calib.npz --output-task 'output=embedding'")
+    assert flags_text({"target_options": {"onnxruntime": {"smooth_alpha": 0}}}) == (
+        "(recipe target_options: {onnxruntime: {smooth_alpha: 0}})")

@@ -56,3 +56,36 @@ def test_no_samples(tmp_path, relu_model):
     stage = CalibrateStage()
     with pytest.raises(CalibrationError):
         stage.requires({"onnx": relu_model, "calibration": ArrayCalibrationSet([])}, ctx)
+
+
+def _attention_model(tmp_path):
+    """x [1, 4, 8] -> q = x @ W; softmax(q @ q^T) @ q: one linear layer (reading x) in an attention model."""
+    import onnx
+    from onnx import numpy_helper
+
+    w = np.random.default_rng(0).normal(size=(8, 8)).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["q"], name="proj"),
+             helper.make_node("Transpose", ["q"], ["kt"], perm=[0, 2, 1]),
+             helper.make_node("MatMul", ["q", "kt"], ["s"]),
+             helper.make_node("Softmax", ["s"], ["p"], axis=-1),
+             helper.make_node("MatMul", ["p", "q"], ["y"])]
+    graph = helper.make_graph(nodes, "attn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8])],
+                              [numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    path = tmp_path / "attn.onnx"
+    onnx.save(model, str(path))
+    return OnnxModel(path, onnx_spec(model), {})
+
+
+def test_per_channel_maxima_of_linear_inputs_for_attention_models_only(tmp_path, relu_model):
+    rng = np.random.default_rng(1)
+    samples = [{"x": (rng.normal(size=(1, 4, 8)) * np.arange(1, 9)).astype(np.float32)} for _ in range(40)]
+    (tmp_path / "a").mkdir()
+    (tmp_path / "r").mkdir()
+    stats = _stats(tmp_path / "a", _attention_model(tmp_path), samples)
+    with np.load(stats.channel_max) as z:
+        assert list(z["names"]) == ["x"]
+        want = np.max([np.abs(s["x"]).reshape(-1, 8).max(axis=0) for s in samples], axis=0)
+        np.testing.assert_allclose(z["t0"], want, rtol=1e-6)
+    assert _stats(tmp_path / "r", relu_model, [{"x": np.ones((1, 4), np.float32)}]).channel_max is None
