@@ -106,6 +106,6 @@ def test_encoder_int8_is_smoothed_from_its_calibration(zoo_build):
         _, manifest = builds[target]
         (int8,) = [a for a in manifest["artifacts"] if a["precision"] == "int8" and a["target"] == runtime]
         meta = int8["metadata"]
-        smoothing = meta["smoothing"]
+        smoothing = meta["smoothing"] if runtime == "onnxruntime" else meta["int8"]["smoothing"]
         assert smoothing["applied"] and smoothing["tensors"] >= 2 and smoothing["alpha"] == 0.8, target
         assert meta["verification"]["passed"]
