@@ -458,7 +458,7 @@ def task_section(runs: list[tuple[str, RunResult]], colors: dict[str, str]) -> s
 
 BUILD_COLUMNS = ("artifact", "verdict", "verified on", "task figures at build", "kept in higher precision",
                  "latency vs FP32 at build", "temperature")
-LAYER_COLUMNS = ("artifact", "layer", "op", "error at its output (INT8)", "error it adds")
+LAYER_COLUMNS = ("artifact", "layer", "op", "kept as", "error at its output (INT8)", "error it adds")
 
 
 def _verdict(record: Any) -> str:
@@ -490,12 +490,9 @@ def _build_figures(record: Any) -> str:
 
 
 def _latency(check: dict[str, Any] | None) -> str:
-    if not check:
-        return "–"
-    text = f"{check['ratio']:.2f}x ({check.get('host', '?')}, {check.get('threads', 1)} thread)"
-    if check.get("chosen") == "float-islands":
-        text += f", {len(check['float_islands'].get('kept_float', []))} layer(s) kept in float for speed"
-    return text + (": slower than FP32" if check.get("slower_than_fp32") else "")
+    from edgec.benchmarks.verify import latency_summary
+
+    return latency_summary(check) if check else "–"
 
 
 def build_rows(runs: list[tuple[str, RunResult]]) -> tuple[list[list[str]], list[list[str]]]:
@@ -515,7 +512,8 @@ def build_rows(runs: list[tuple[str, RunResult]]) -> tuple[list[list[str]], list
         ranked = {s["node"]: s for s in fallback.get("ranking") or []}
         for layer in kept:
             s = ranked.get(layer, {})
-            layers.append([label, layer, s.get("op_type", "–"), num_cell(s.get("rel_error"), ".4g"),
+            layers.append([label, layer, s.get("op_type", "–"), fallback.get("kept_as") or "–",
+                           num_cell(s.get("rel_error"), ".4g"),
                            num_cell(s.get("increase"), "+.4g")])
     return rows, layers
 
@@ -529,7 +527,7 @@ def build_section(runs: list[tuple[str, RunResult]]) -> str:
              "verdict against the accuracy budget (drops before -> after the fallback), the layers kept in higher "
              "precision, and the artifact's latency against the FP32 export on the build host.</p>"]
     if layers:
-        parts += ["<h3>Layers kept in higher precision</h3>", _html_table(LAYER_COLUMNS, layers, text_columns=3),
+        parts += ["<h3>Layers kept in higher precision</h3>", _html_table(LAYER_COLUMNS, layers, text_columns=4),
                   '<p class="note">Layer-wise relative error of each kept layer\'s output in the INT8 build, and '
                   "the part of it the layer adds (its inputs' error taken out); the task figures after keeping them "
                   "are in the table above.</p>"]

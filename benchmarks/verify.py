@@ -107,3 +107,17 @@ def judge(
         if budget.min_cosine is not None and not (cosine is not None and cosine >= budget.min_cosine):
             breaches.append(f"{task.output}: cosine {cosine:.4f} < --min-cosine {budget.min_cosine:g}")
     return Verdict(artifact, data, len(reference), metrics, breaches)
+
+
+def latency_summary(check: dict[str, Any]) -> str:
+    """An artifact's build-time latency check as the build summary and the report say it: the ratio to FP32 on
+    the build host, the layers kept in float for speed, the fallback's cost (the ratio of the all-INT8 artifact
+    before it kept layers in higher precision), and whether it is slower than FP32."""
+    text = f"{check['ratio']:.2f}x FP32 ({check.get('host', '?')}, {check.get('threads', 1)} thread"
+    if check.get("chosen") == "float-islands":
+        text += f", {len(check['float_islands'].get('kept_float', []))} layer(s) kept in float for speed"
+    text += ")"
+    before = check.get("before_fallback")
+    if before:
+        text += f", {before['ratio']:.2f}x before the fallback kept {before['kept']} layer(s)"
+    return text + (": slower than FP32 on this host" if check.get("slower_than_fp32") else "")

@@ -145,9 +145,12 @@ class Target(abc.ABC):
         needs = ("torch",) if self.consumes == ModelFormat.TORCH else ()
         return needs + (("calibration",) if precision == Precision.INT8 else ())
 
+    #: What the accuracy fallback keeps a layer in (``keep_in_higher_precision``), for the manifest and messages.
+    higher_precision: ClassVar[str] = ""
+
     def keep_in_higher_precision(self, nodes: list[str]) -> Target | None:
         """A copy of this target that keeps ``nodes`` (nodes of the FP32 ONNX export, worst first) in higher
-        precision in its INT8 artifact, or None when it has no way to (a full-integer microcontroller build)."""
+        precision (``higher_precision``) in its INT8 artifact, or None when it has no way to."""
         return None
 
     def finish_folder(self, folder: Path, artifacts: list[Artifact]) -> list[Path]:

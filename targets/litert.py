@@ -955,7 +955,12 @@ _LAYER_OPS = frozenset({"conv2d", "conv1d", "conv_transpose2d", "linear", "matmu
 
 
 def _fx_names(graph: Any, onnx_nodes: tuple[str, ...]) -> list[str]:
-    """The nodes of an exported graph that ONNX nodes of the FP32 export correspond to.
+    """The nodes of an exported graph that ONNX nodes of the FP32 export correspond to (see ``_fx_map``)."""
+    return list(_fx_map(graph, onnx_nodes).values())
+
+
+def _fx_map(graph: Any, onnx_nodes: tuple[str, ...]) -> dict[str, str]:
+    """ONNX node of the FP32 export -> the node of an exported graph it corresponds to.
 
     The dynamo exporter names each ONNX node ``node_<fx name>``, and FX names a graph's nodes ``<op>``,
     ``<op>_1``, ... in order; edgec's layout wrapper adds nodes of its own (a permute) that shift those counters,
@@ -970,7 +975,7 @@ def _fx_names(graph: Any, onnx_nodes: tuple[str, ...]) -> list[str]:
         if m:
             wanted[(m.group(1), int(m.group(2) or 0))] = name
     counts: dict[str, int] = {}
-    found = []
+    found = {}
     for node in graph.nodes:
         stack = node.meta.get("nn_module_stack") or {}
         if node.op != "call_function" or len(stack) < 2:  # edgec's wrapper sits at the root of the stack
@@ -982,7 +987,183 @@ def _fx_names(graph: Any, onnx_nodes: tuple[str, ...]) -> list[str]:
         # Only layers: an activation belongs to the layer before it (the quantizer annotates them as one
         # pattern), and stripping it alone breaks litert-torch's conversion.
         if (base, rank) in wanted and base in _LAYER_OPS:
-            found.append(node.name)
+            found[wanted[(base, rank)]] = node.name
+    return found
+
+
+def _convert_16x8(
+    module: Any, wrapper: Any, args: tuple, spec: InputSpec, in_perm: list, calibration: CalibrationSet,
+    out: Path, source: str, int16_nodes: tuple[str, ...], int16_ops: frozenset[str],
+) -> dict[str, Any]:
+    """Full integer with int16 activations and int8 weights (TFLite's 16x8) for the layers of ``int16_nodes``
+    (nodes of the FP32 ONNX export), int8 everywhere else: the accuracy fallback of a full-integer target.
+
+    litert-torch's converter cannot lower a PT2E graph that mixes int8 and int16 activations (it drops the
+    requantization between them, leaving a CONV_2D with an int8 input and an int16 output), so this quantizes
+    the FP32 .tflite with ai-edge-quantizer instead: a8w8 for every op it supports, a16w8 for the ops that
+    compute those layers and for their producers and consumers (a tensor is int16 only where the ops writing
+    and reading it are), with QUANTIZE ops re-encoding between the two. Which TFLite op computes an ONNX node
+    is found by value: the FX node the ONNX node maps to (``_fx_map``), or the elementwise ops right after it
+    (a batch norm or an activation the converter fuses), computes the same tensor as that op on a sample.
+    ``int16_ops`` are the ops the runtime has 16x8 kernels for; a layer computed by another op is refused,
+    naming it. ai-edge-quantizer has no PRELU: a PReLU model's 16x8 file keeps them float, which a
+    full-integer target refuses (PReLU decomposed instead quantizes, but lost the real MTCNN ONet's
+    decisions: 9% agreement with FP32).
+    """
+    import torch
+
+    try:
+        from ai_edge_quantizer import qtyping, quantizer
+    except ImportError:
+        raise missing_dependency("ai-edge-quantizer", "mcu", "16x8 layers in INT8 models") from None
+    with tempfile.TemporaryDirectory(prefix="edgec-16x8-") as tmp:
+        fp32 = Path(tmp) / "model.fp32.tflite"
+        with _prelu_as_one_op():
+            _convert_float(wrapper, args, fp32, source, module)
+        graph = torch.export.export(wrapper, args, strict=False).module()
+        computed_by, chosen = _ops_for_16x8(fp32, graph, args, int16_nodes, int16_ops, source)
+        ops, names, _ = _graph(fp32)
+        qt = quantizer.Quantizer(str(fp32))
+        qt.add_static_config(regex=".*", operation_name=qtyping.TFLOperationName.ALL_SUPPORTED,
+                             activation_num_bits=8, weight_num_bits=8)
+        for i, op in chosen.items():
+            scope = ";".join(names[t] for t in ops[i][2]) + ";"
+            qt.add_static_config(regex=f"^{re.escape(scope)}$", operation_name=qtyping.TFLOperationName(op),
+                                 activation_num_bits=16, weight_num_bits=8)
+        rows = [{f"args_{k}": a.numpy() for k, a in enumerate(batch)}
+                for batch in _calibration_batches(spec, calibration, in_perm)]
+        if not rows:
+            raise CalibrationError(f"the calibration set gave no samples for '{source}'",
+                                   hint="pass --calib with at least one sample shaped like the model's input")
+        try:
+            with quiet_litert():
+                result = qt.quantize(_min_max_ranges(qt, rows), enable_progress_report=False)
+        except Exception as exc:
+            raise QuantizationError(f"ai-edge-quantizer could not quantize '{source}' with 16x8 layers: "
+                                    f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
+                                    hint="build for --target arm, or report the model") from None
+        out.write_bytes(result.quantized_model)
+    return {
+        "method": "ai-edge-quantizer static: int8 (a8w8), int16 activations (a16w8) for the kept layers",
+        "weights": "int8 symmetric per-channel",
+        "activations": "int8 asymmetric per-tensor; int16 symmetric per-tensor for the kept layers",
+        "int16_layers": list(computed_by),
+        "merged_layers": [n for n in int16_nodes if n not in computed_by],
+        "int16_ops": [op for _, op in sorted(chosen.items())],
+        "calibration_rows": len(rows),
+        "calibration_samples": len(calibration),
+    }
+
+
+def _ops_for_16x8(path: Path, graph: Any, args: tuple, int16_nodes: tuple[str, ...], int16_ops: frozenset[str],
+                  source: str) -> tuple[dict[str, int], dict[int, str]]:
+    """The ops of the FP32 .tflite at ``path`` that compute ``int16_nodes`` (node -> op index) and every op to
+    give int16 activations (op index -> op): those, and the ops writing and reading their tensors."""
+    computed_by = _tflite_ops_computing(path, graph, args, _fx_map(graph.graph, int16_nodes))
+    ops, _, _ = _graph(path)
+    producer = {t: i for i, (_, _, outs) in enumerate(ops) for t in outs}
+    consumers: dict[int, list[int]] = {}
+    for i, (_, ins, _) in enumerate(ops):
+        for t in ins:
+            consumers.setdefault(t, []).append(i)
+    if not computed_by:
+        raise QuantizationError(
+            f"no op of the TFLite model of '{source}' computes the layers {list(int16_nodes)} (the converter "
+            "merged them into others), so they cannot be given int16 activations",
+            hint="build for --target arm (float layers are allowed there), or give more representative --calib "
+                 "data",
+        )
+    chosen: dict[int, str] = {}
+    # A layer merged into another op (a Mul folded into a convolution's weights) has no op of its own: skipped.
+    for node, index in computed_by.items():
+        op = ops[index][0]
+        if op not in int16_ops:
+            raise QuantizationError(
+                f"layer '{node}' of '{source}' needs int16 activations, but its TFLite op {op} has no 16x8 "
+                "kernel on this target",
+                hint="build for --target arm (float layers are allowed there), or replace the op",
+            )
+        chosen[index] = op
+        # The layer's inputs and outputs at 16 bits: their producers and consumers are a16 too, where
+        # they have the kernel (else that tensor is re-encoded at 8 bits).
+        near = [producer[t] for t in ops[index][1] if t in producer]
+        near += [c for t in ops[index][2] for c in consumers.get(t, [])]
+        chosen.update((i, ops[i][0]) for i in near if ops[i][0] in int16_ops)
+    return computed_by, chosen
+
+
+def _min_max_ranges(qt: Any, rows: list[dict[str, np.ndarray]]) -> dict[str, Any]:
+    """ai-edge-quantizer's calibration of each sample on its own, merged by min/max: its own merge over a set is a
+    moving average (0.95), which leaves held-out values outside ranges that every sample set."""
+    ranges: dict[str, Any] = {}
+    for row in rows:
+        for name, qsv in qt.calibrate({"serving_default": [row]}, num_threads=1).items():
+            seen = ranges.setdefault(name, qsv)
+            if seen is not qsv and "min" in qsv and "max" in qsv:
+                seen["min"] = np.minimum(seen["min"], qsv["min"])
+                seen["max"] = np.maximum(seen["max"], qsv["max"])
+    return ranges
+
+
+def _tflite_ops_computing(path: Path, graph: Any, args: tuple, fx_of: dict[str, str]) -> dict[str, int]:
+    """ONNX node -> index of the op of the FP32 .tflite at ``path`` that computes it: the first op whose
+    output equals, on ``args``, the output of its FX node or of the elementwise ops that follow it alone
+    (a batch norm, an activation: ops the converter fuses into the layer's op). Feature maps are compared in
+    both layouts."""
+    import torch
+
+    wanted = set(fx_of.values())
+    chains: dict[str, list[Any]] = {}
+    for node in graph.graph.nodes:
+        if node.name in wanted:
+            chain, cur = [node], node
+            while len(cur.users) == 1 and len(chain) < 4:
+                (cur,) = cur.users
+                if cur.op != "call_function":
+                    break
+                chain.append(cur)
+            chains[node.name] = chain
+    needed = {n.name for chain in chains.values() for n in chain}
+    values: dict[str, np.ndarray] = {}
+
+    class Capture(torch.fx.Interpreter):
+        def run_node(self, n: Any) -> Any:
+            result = super().run_node(n)
+            if n.name in needed and isinstance(result, torch.Tensor):
+                values[n.name] = result.detach().float().numpy()
+            return result
+
+    with torch.no_grad():
+        Capture(graph).run(*args)
+    ops, _, _ = _graph(path)
+    with quiet_litert():
+        from ai_edge_litert.interpreter import Interpreter
+
+        interp = Interpreter(model_path=str(path), num_threads=1, experimental_preserve_all_tensors=True)
+        interp.get_signature_runner()(**{f"args_{k}": a.numpy() for k, a in enumerate(args)})
+    outputs = []
+    for _, _, outs in ops:
+        try:
+            outputs.append(np.asarray(interp.get_tensor(outs[0]), dtype=np.float32) if outs else None)
+        except ValueError:
+            outputs.append(None)
+
+    def same(a: np.ndarray, b: np.ndarray | None) -> bool:
+        if b is None or a.size != b.size:
+            return False
+        tol = 1e-3 * max(1.0, float(np.abs(a).max(initial=0.0)))
+        layouts = [a] + ([a.transpose(0, 2, 3, 1)] if a.ndim == 4 else [])
+        return any(x.shape == b.shape and float(np.abs(x - b).max(initial=0.0)) <= tol for x in layouts)
+
+    found = {}
+    for onnx_node, fx_name in fx_of.items():
+        for n in chains.get(fx_name, []):
+            if n.name not in values:
+                continue
+            index = next((i for i, v in enumerate(outputs) if same(values[n.name], v)), None)
+            if index is not None:
+                found[onnx_node] = index
+                break
     return found
 
 
@@ -1179,6 +1360,8 @@ def convert(
     source: str | None = None,
     int8_mode: str = "static",
     keep_nodes: tuple[str, ...] = (),
+    int16_nodes: tuple[str, ...] = (),
+    int16_ops: frozenset[str] = frozenset(),
 ) -> TFLiteModel:
     """Convert a torch module to ``out`` (.tflite) at ``precision``.
 
@@ -1195,6 +1378,8 @@ def convert(
             not for microcontrollers), or "auto" (dynamic for attention models, static otherwise).
         keep_nodes: nodes of the FP32 ONNX export whose counterparts stay float in a static INT8 model (the
             accuracy fallback's choice; see ``_fx_names``).
+        int16_nodes: nodes of the FP32 ONNX export computed with int16 activations in a static INT8 model
+            (a full-integer target's accuracy fallback; see ``_convert_16x8``), by ops in ``int16_ops``.
     """
     source = source or type(module).__name__
     _check_observer(observer)
@@ -1219,6 +1404,10 @@ def convert(
         int8_mode = _auto_int8_mode(wrapper, args, info)
     if precision == Precision.INT8 and int8_mode == "dynamic":
         info["quantization"] = _convert_dynamic_int8(wrapper, args, out, source, module)
+    elif precision == Precision.INT8 and int16_nodes:
+        info["quantization"] = _convert_16x8(module, wrapper, args, spec, in_perm, calibration, out, source,
+                                             int16_nodes, int16_ops)
+        info["quantization"]["io_rewritten"] = _int8_interface(out)
     elif precision == Precision.INT8:
         info.update(
             _convert_int8(module, wrapper, args, spec, in_perm, calibration, out, source, observer,

@@ -150,6 +150,20 @@ def smooth_alpha_option() -> Any:
         "range": (0.0, 1.0)})
 
 
+def smooth_for_int8(src: Path, stats: CalibrationStats, alpha: float, out: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The smoothing an INT8 build of ``src`` starts from, decided here once for every target: ``out`` smoothed
+    (``smooth_linear_inputs``) when ``alpha`` is on and the calibration took per-channel maxima (it does for
+    attention models only). Returns the smoothed tensors (empty when nothing was written: quantize ``src``) and
+    the manifest's record of it."""
+    if not alpha:
+        return {}, {"applied": False, "reason": "smooth_alpha is 0"}
+    if stats.channel_max is None:
+        return {}, {"applied": False, "reason": "no per-channel calibration maxima (not an attention model, or "
+                    "statistics from an older build cache)"}
+    smoothed = smooth_linear_inputs(src, stats.channel_max, out, alpha)
+    return smoothed, {"applied": bool(smoothed), "alpha": alpha, "tensors": len(smoothed)}
+
+
 def smooth_linear_inputs(src: Path, channel_max: Path, out: Path, alpha: float = SMOOTH_ALPHA) -> dict[str, Any]:
     """Write ``out``: ``src`` with the activation outliers of its linear layers moved into their weights
     (SmoothQuant, Xiao et al. 2023): each input channel j of the layers reading one tensor is divided by

@@ -140,3 +140,30 @@ def outlier_net(outlier: float) -> nn.Module:
             return self.head(x.flatten(1))
 
     return Net().eval()
+
+
+def wide_range_net(outlier: float) -> nn.Module:
+    """conv -> relu -> scale channel 0 by ``outlier`` -> depthwise conv -> scale channel 0 back -> relu -> linear.
+
+    The depthwise conv reads a tensor whose channel 0 spans ``outlier`` times the others' range: one int8
+    scale for it leaves channels 1-7 a handful of levels, 16 bits leave them hundreds. Its weights are
+    per channel, so int8 weights are fine: int16 activations (16x8) repair this layer, unlike ``outlier_net``'s.
+    """
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.conv1 = nn.Conv2d(1, 8, 3, padding=1)
+            self.conv2 = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+            self.head = nn.Linear(8 * 8 * 8, 10)
+            scale = torch.ones(1, 8, 1, 1)
+            scale[0, 0] = outlier
+            self.register_buffer("scale", scale)
+
+        def forward(self, x):
+            x = torch.relu(self.conv1(x)) * self.scale
+            x = torch.relu(self.conv2(x) / self.scale)
+            return self.head(x.flatten(1))
+
+    return Net().eval()

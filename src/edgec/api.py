@@ -432,7 +432,7 @@ def _verify(pipeline: Any, recipe: Recipe, plan: _Plan, builds: list[Any], onnx_
         stage, record = verifier.verify(b) if b.precision != Precision.FP32 else (b.stage, "reference")
         extra: dict[str, Any] = {"verification": record}
         if b.precision != Precision.FP32 and b.target.timed_on_host:
-            stage, extra["latency_check"], variant = verifier.check_latency(b, stage)
+            stage, extra["latency_check"], variant = verifier.check_latency(b, stage, record)
             extra["verification"] = variant or record
         if recipe.calibrate_confidence:
             extra["confidence"] = verifier.confidence(None if b.precision == Precision.FP32 else stage)

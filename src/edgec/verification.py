@@ -244,6 +244,7 @@ class Verifier:
             "ranking": [s.to_dict() for s in ranking[:20]],
             "attempts": [a.to_dict() for a in tried],
             "kept": found.kept if found else None,
+            "kept_as": build.target.higher_precision,
         }
         if found is None:
             layers = sorted({n for a in tried for n in a.kept}, key=nodes.index)
@@ -257,12 +258,15 @@ class Verifier:
 
     # ---- latency: never slower than FP32 without saying so
 
-    def check_latency(self, build: Build, stage: str) -> tuple[str, dict[str, Any], dict[str, Any] | None]:
+    def check_latency(self, build: Build, stage: str,
+                      verified: Any = None) -> tuple[str, dict[str, Any], dict[str, Any] | None]:
         """Time the verified artifact against the FP32 export on its runtime, side by side, where the target's
         runtime is this host's. An INT8 artifact slower than FP32 whose runtime left ops between a dequantize and a
         quantize (a PReLU ONNX Runtime has no int8 kernel for) gets one more try with those ops and the weighted
         layers feeding them in float: the requantization can cost more than the int8 kernels save. That variant
         ships when it is within budget and faster. Either way, an artifact that stays slower than FP32 is said so.
+        Where ``verified`` (the artifact's verification record) says the fallback kept layers, the artifact
+        before it is timed beside them: the latency cost of the plan.
         Returns the value to ship, the record for its metadata, and the verification record of the variant when
         that ships (else None)."""
         from edgec.targets.onnxruntime.target import host_int8_isa
@@ -271,6 +275,9 @@ class Verifier:
         fp32 = Artifact(self.onnx_model.path, ModelFormat.ONNX, Precision.FP32, build.target.name,
                         artifact.spec)
         rows = {"fp32": fp32, "built": artifact}
+        kept = ((verified.get("fallback") or {}).get("kept") or []) if isinstance(verified, dict) else []
+        if kept and stage != build.stage:  # the fallback's artifact: the all-INT8 one beside it gives the plan's cost
+            (rows["before-fallback"],) = self.pipeline.value(build.stage)[:1]
         times, blocks = self._time(build.target, rows)
         ratio = times["built"] / times["fp32"]
         record: dict[str, Any] = {"fp32_ms": round(times["fp32"], 4), "ms": round(times["built"], 4),
@@ -297,6 +304,9 @@ class Verifier:
                     record.update(ms=record["float_islands"]["ms"], ratio=round(v_ratio, 3), chosen="float-islands")
                     stage, ratio = v_stage, v_ratio
                     verification = {**v_verdict.to_dict(), "budget": self.budget.to_dict()}
+        if "before-fallback" in times:
+            record["before_fallback"] = {"ms": round(times["before-fallback"], 4), "kept": len(kept),
+                                         "ratio": round(times["before-fallback"] / times["fp32"], 3)}
         ratio = record["ratio"]  # the message says the figure the manifest records
         if ratio > SLOWER:
             record["slower_than_fp32"] = True
@@ -307,7 +317,9 @@ class Verifier:
                         f"{also}: {build.precision.value.upper()} is slower than FP32 here; build -p fp32 for this "
                         "target if latency matters more than size")
         else:
-            self.report(f"[latency] {name}: {ratio:.2f}x the FP32 latency on this host ({record['host']}, 1 thread)")
+            cost = record.get("before_fallback")
+            self.report(f"[latency] {name}: {ratio:.2f}x the FP32 latency on this host ({record['host']}, 1 thread)"
+                        + (f"; {cost['ratio']:.2f}x before the fallback kept {cost['kept']} layer(s)" if cost else ""))
         return stage, record, verification
 
     def _time(self, target: Any, rows: dict[str, Artifact]) -> tuple[dict[str, float], int]:

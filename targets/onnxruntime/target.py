@@ -22,7 +22,7 @@ from edgec.compiler.onnxutil import (
 from edgec.compiler.types import Artifact, CalibrationStats, InputSpec, ModelFormat, OnnxModel, Precision, sha256_file
 from edgec.targets.base import Target, require_packages
 from edgec.targets.onnxruntime.runner import OnnxRuntimeRunner
-from edgec.targets.qdq import quantize_dynamic_int8, quantize_qdq, smooth_alpha_option, smooth_linear_inputs
+from edgec.targets.qdq import quantize_dynamic_int8, quantize_qdq, smooth_alpha_option, smooth_for_int8
 
 
 @dataclasses.dataclass
@@ -189,8 +189,9 @@ class OnnxRuntimeTarget(Target):
                                 "int8_mode_reason": self._mode_reason(opts.int8_mode, structure)}
         if mode == "dynamic":
             with tempfile.TemporaryDirectory(prefix="edgec-smooth-") as tmp:
-                src, meta["smoothing"] = self._smoothed(model, stats, Path(tmp))
-                quantize_dynamic_int8(src, out, per_channel=opts.per_channel, reduce_range=opts.reduce_range,
+                smoothed_path = Path(tmp) / model.path.name
+                smoothed, meta["smoothing"] = smooth_for_int8(model.path, stats, opts.smooth_alpha, smoothed_path)
+                quantize_dynamic_int8(smoothed_path if smoothed else model.path, out, per_channel=opts.per_channel, reduce_range=opts.reduce_range,
                                       exclude=keep)
             meta.update({"flavour": "dynamic U8S8 (MatMulInteger)", "per_channel": opts.per_channel,
                          "reduce_range": opts.reduce_range, "reduce_range_reason": self.reduce_range_reason})
@@ -213,19 +214,6 @@ class OnnxRuntimeTarget(Target):
         meta["fusion"] = fusion_report(out)
         return meta
 
-    def _smoothed(self, model: OnnxModel, stats: CalibrationStats, tmp: Path) -> tuple[Path, dict[str, Any]]:
-        """The FP32 file dynamic quantization starts from: smoothed when the calibration has per-channel maxima
-        and ``smooth_alpha`` is on; with what the manifest records of it."""
-        alpha = self.options.smooth_alpha
-        if not alpha:
-            return model.path, {"applied": False, "reason": "smooth_alpha is 0"}
-        if stats.channel_max is None:
-            return model.path, {"applied": False, "reason": "no per-channel calibration maxima (not an attention "
-                                "model, or statistics from an older build cache)"}
-        path = tmp / model.path.name
-        count = len(smooth_linear_inputs(model.path, stats.channel_max, path, alpha))
-        return path, {"applied": bool(count), "alpha": alpha, "tensors": count}
-
     @staticmethod
     def _mode_reason(asked: str, structure: Any) -> str:
         if asked != "auto":
@@ -234,6 +222,8 @@ class OnnxRuntimeTarget(Target):
             return (f"auto: attention model ({len(structure.attention)} Softmax-fed MatMuls): dynamic activation "
                     "ranges")
         return "auto: no attention: static QDQ from the calibration statistics"
+
+    higher_precision = "float32 (left out of quantization, with their activations)"
 
     def keep_in_higher_precision(self, nodes: list[str]) -> OnnxRuntimeTarget:
         kept = type(self)(dataclasses.replace(self.options, keep_float=sorted({*self.options.keep_float, *nodes})))

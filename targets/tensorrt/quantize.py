@@ -14,7 +14,7 @@ from typing import Any
 from edgec.compiler.errors import QuantizationError, missing_dependency
 from edgec.compiler.onnxutil import MIN_OPSET, WEIGHTED_OPS, graph_structure, name_nodes, opset_of, save_model
 from edgec.compiler.types import CalibrationStats
-from edgec.targets.qdq import quantize_qdq, smooth_linear_inputs, with_smoothed_ranges
+from edgec.targets.qdq import quantize_qdq, smooth_for_int8, with_smoothed_ranges
 
 
 def constant_names(model: Any) -> set[str]:
@@ -67,11 +67,9 @@ def quantize_tensorrt(src: Path, out: Path, stats: CalibrationStats, per_channel
     with tempfile.TemporaryDirectory(prefix="edgec-trt-q-") as tmp:
         named = Path(tmp) / "named.onnx"
         save_model(model, named)
-        smoothing: dict[str, Any] = {"applied": False}
-        if smooth_alpha and stats.channel_max is not None and graph_structure(model).is_attention_model:
-            smoothed = smooth_linear_inputs(named, stats.channel_max, named, smooth_alpha)
+        smoothed, smoothing = smooth_for_int8(named, stats, smooth_alpha, named)
+        if smoothed:
             stats = with_smoothed_ranges(stats, smoothed, Path(tmp))
-            smoothing = {"applied": bool(smoothed), "alpha": smooth_alpha, "tensors": len(smoothed)}
         quantize_qdq(
             stats,
             named,

@@ -148,6 +148,8 @@ class TensorRTTarget(Target):
         spec = InputSpec(model.spec.inputs, model.spec.outputs)
         return [Artifact(out, ModelFormat.ONNX, precision, self.name, spec, sha256_file(out), meta)]
 
+    higher_precision = "float islands (no Q/DQ around them: the engine does not run them in INT8)"
+
     def keep_in_higher_precision(self, nodes: list[str]) -> TensorRTTarget:
         return type(self)(dataclasses.replace(self.options, keep_float=sorted({*self.options.keep_float, *nodes})))
 

@@ -104,6 +104,8 @@ class TFLiteTarget(Target):
         spec = InputSpec(model.spec.inputs, model.spec.outputs)
         return [Artifact(out, ModelFormat.TFLITE, precision, self.name, spec, sha256_file(out), meta)]
 
+    higher_precision = "float32 (left unannotated by the PT2E quantizer)"
+
     def keep_in_higher_precision(self, nodes: list[str]) -> TFLiteTarget:
         return type(self)(dataclasses.replace(self.options, keep_float=sorted({*self.options.keep_float, *nodes})))
 

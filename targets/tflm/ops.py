@@ -83,6 +83,13 @@ CUSTOM_ADD: dict[str, str] = {
 
 ETHOS_U = "ethos-u"
 
+#: Builtin ops whose TFLM reference kernels take int16 activations with int8 weights (TFLite's 16x8), the
+#: higher precision the accuracy fallback keeps a layer in on a microcontroller (and vela places on Ethos-U).
+INT16_KERNELS = frozenset({
+    "ADD", "AVERAGE_POOL_2D", "CONCATENATION", "CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "LOGISTIC",
+    "MAX_POOL_2D", "MEAN", "MUL", "PAD", "RESHAPE", "SOFTMAX", "STRIDED_SLICE", "SUB", "TANH", "TRANSPOSE",
+})
+
 # TensorType values of the TFLite schema that hold floating point.
 _FLOAT_TYPES = {0: "float32", 1: "float16", 10: "float64", 16: "bfloat16"}
 

@@ -70,6 +70,11 @@ class TFLMOptions:
     vela_config: str | None = dataclasses.field(
         default=None, metadata={"help": "vela --config file describing your board; default: vela's Arm/vela.ini"}
     )
+    int16_layers: list = dataclasses.field(
+        default_factory=list,
+        metadata={"help": "nodes of the FP32 ONNX export computed with int16 activations and int8 weights (TFLite "
+                  "16x8, where TFLM has the kernel); the build's accuracy fallback fills it"},
+    )
     compile_check: bool | str = dataclasses.field(
         default="auto",
         metadata={"help": "compile the generated sources with arm-none-eabi-g++ for the profile's core and record "
@@ -183,9 +188,10 @@ class TFLMTarget(Target):
         b, opts = self.board, self.options
         out_dir = Path(out_dir)
         out = out_dir / "model.int8.tflite"
-        result = convert(model.module, spec, Precision.INT8, out, calibration, channels_last_io=True, source=source)
+        result = convert(model.module, spec, Precision.INT8, out, calibration, channels_last_io=True, source=source,
+                         int16_nodes=tuple(opts.int16_layers), int16_ops=ops.INT16_KERNELS)
         cpu_ops = ops.model_ops(out)
-        self._check_full_integer(out, source)
+        self._check_full_integer(out, source, (result.info.get("quantization") or {}).get("method", ""))
         firmware.resolver_calls(cpu_ops)  # fails early, naming an op TFLM cannot register
         if not b.npu:
             check_fits(b, f"the INT8 model of '{source}'", out.stat().st_size, b.flash_bytes, "flash",
@@ -244,6 +250,14 @@ class TFLMTarget(Target):
         artifact_spec = InputSpec(spec.inputs, spec.outputs)
         return [Artifact(out, ModelFormat.TFLITE, Precision.INT8, self.name, artifact_spec, sha256_file(out), meta)]
 
+    higher_precision = "int16 activations, int8 weights: TFLite 16x8"
+
+    def keep_in_higher_precision(self, nodes: list[str]) -> TFLMTarget:
+        """Full integer still: the layers get int16 activations (16x8) where TFLM has the kernel; a layer whose
+        op has none fails its attempt, naming it."""
+        layers = sorted({*self.options.int16_layers, *nodes})
+        return type(self)(dataclasses.replace(self.options, int16_layers=layers))
+
     @staticmethod
     def vela_name() -> str:
         return "model.int8.vela.tflite"
@@ -281,15 +295,15 @@ class TFLMTarget(Target):
         }
 
     @staticmethod
-    def _check_full_integer(path: Path, source: str) -> None:
+    def _check_full_integer(path: Path, source: str, method: str) -> None:
         floats = ops.float_ops(path)
         if floats:
             listed = ", ".join(dict.fromkeys(floats))
             raise QuantizationError(
                 f"the INT8 model of '{source}' still computes in float ({listed}): microcontroller builds are "
                 "full-integer",
-                hint="the PT2E quantizer leaves these ops float; replace them with quantizable layers "
-                     "(or build for --target arm, where float ops are fine)",
+                hint=f"the quantizer ({method or 'PT2E'}) leaves these ops float; replace them with quantizable "
+                     "layers (or build for --target arm, where float ops are fine)",
             )
 
     def _compile(self, folder: Path, model: bytes, settings: firmware.Settings) -> dict[str, Any]:

@@ -200,3 +200,36 @@ def test_a_budget_variant_row_has_its_own_checks_and_command(tmp_path):
         "edgec build m.pt2 --target cpu -p int8 --min-cosine 0.998 --calib calib.npz --output-task 'output=embedding'")
     assert flags_text({"target_options": {"onnxruntime": {"smooth_alpha": 0}}}) == (
         "(recipe target_options: {onnxruntime: {smooth_alpha: 0}})")
+
+
+def test_an_unlabelled_classifier_is_checked_by_agreement_on_its_declared_output(tmp_path):
+    """A classifier without labels (the MTCNN ONet's windows) is held to top-1 agreement with FP32; the output a
+    case scores is the one its task declaration names, not the model's first."""
+    from bench.realworld import MIN_AGREEMENT, Case, CaseResult, Row, checks, ort_outputs, scored_output
+
+    case = Case("mtcnn_onet", "onet", "wheel", tmp_path / "onet.pt2", tmp_path / "calib.npz", [], [],
+                "prob=classification:probabilities=true", (("cpu", ("fp32", "int8")), ("mcu", ("int8",))),
+                "classification")
+    rows = [
+        Row("cpu/fp32", "edgec cpu FP32", timed=True, ratio=1.0, figures={"top1_agreement": 100.0}),
+        Row("cpu/int8", "edgec cpu INT8", timed=True, ratio=1.2, figures={"top1_agreement": 99.0}),
+        Row("cortex-m4/int8", "edgec mcu INT8", figures={"top1_agreement": 100.0}),
+    ]
+    got = {c.target: (c.measured, c.passed) for c in checks([CaseResult(case, "mtcnn_onet", rows)], "AVX2")}
+    assert MIN_AGREEMENT == 99.5
+    assert got["mtcnn_onet cpu/int8: top-1 agreement with FP32 >= 99.5% (no labels)"] == ("99.00%", False)
+    assert got["mtcnn_onet cortex-m4/int8: top-1 agreement with FP32 >= 99.5% (no labels)"] == ("100.00%", True)
+    assert got["mtcnn_onet cpu/int8 not slower than ORT FP32 (AVX2)"] == ("1.200x", False)
+
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])
+    outs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 2]) for n in ("box", "prob")]
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["box"]), helper.make_node("Neg", ["x"], ["prob"])],
+                              "g", [x], outs)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), tmp_path / "two.onnx")
+    feed = [{"x": np.array([[1.0, 2.0]], np.float32)}]
+    assert scored_output(case) == "prob"
+    np.testing.assert_array_equal(ort_outputs(tmp_path / "two.onnx", feed, scored_output(case))[0], [[-1.0, -2.0]])
+    np.testing.assert_array_equal(ort_outputs(tmp_path / "two.onnx", feed)[0], [[1.0, 2.0]])

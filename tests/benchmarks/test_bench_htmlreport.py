@@ -183,7 +183,8 @@ def _verification_metadata(ref, cand, tasks):
     ranking = [LayerScore("/enc/attn/Softmax", "Softmax", 0.8123, 0.6421, "softmax"),
                LayerScore("/enc/ffn/MatMul", "MatMul", 0.05, 0.01, "matmul")]
     fallback = {"ranking": [s.to_dict() for s in ranking],
-                "attempts": [Attempt(["/enc/attn/Softmax"], after).to_dict()], "kept": ["/enc/attn/Softmax"]}
+                "attempts": [Attempt(["/enc/attn/Softmax"], after).to_dict()], "kept": ["/enc/attn/Softmax"],
+                "kept_as": "float32 (left out of quantization, with their activations)"}
     return {"verification": {**after.to_dict(), "budget": Budget(max_drop=50.0).to_dict(),
                              "before_fallback": before.to_dict(), "fallback": fallback},
             "latency_check": {"fp32_ms": 1.0, "ms": 0.62, "ratio": 0.62, "host": "avx512_vnni", "threads": 1},
@@ -272,9 +273,10 @@ def test_build_verification_section_lists_verdict_fallback_and_latency(task_resu
     before, after = record["before_fallback"]["outputs"]["emb"]["drop"], record["outputs"]["emb"]["drop"]
     assert f"drop {before:.2f} -&gt; {after:.2f} pts" in section
     assert "PASS after fallback (FAIL before: emb (embedding)" in section
-    assert "0.62x (avx512_vnni, 1 thread)" in section and "cls T = 2.750" in section
+    assert "0.62x FP32 (avx512_vnni, 1 thread)" in section and "cls T = 2.750" in section
     layers = section[section.index("Layers kept in higher precision"):]
     assert "/enc/attn/Softmax" in layers and "0.8123" in layers and "+0.6421" in layers
+    assert "float32 (left out of quantization" in layers
     assert "/enc/ffn/MatMul" not in layers  # ranked, but not kept
     assert "<td class=\"txt\">reference</td>" in section  # the FP32 artifact's record
 

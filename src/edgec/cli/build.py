@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 
+from edgec.benchmarks.verify import latency_summary
 from edgec.cli import emit_json, reporter
 from edgec.recipe import Recipe, choices_of
 
@@ -91,10 +92,7 @@ def build(ctx: click.Context, checkpoint: Path | None, config: Path | None, cach
         click.echo(f"  {_verification_line(art.metadata.get('verification'))}")
         latency = art.metadata.get("latency_check")
         if latency:
-            slower = ": slower than FP32 on this host" if latency.get("slower_than_fp32") else ""
-            variant = (f", {len(latency['float_islands']['kept_float'])} layer(s) kept in float for speed"
-                       if latency.get("chosen") == "float-islands" else "")
-            click.echo(f"  latency {latency['ratio']:.2f}x FP32 ({latency['host']}, 1 thread{variant}){slower}")
+            click.echo(f"  latency {latency_summary(latency)}")
         for name, shapes in art.metadata.get("optimization_profile", {}).items():
             sources = art.metadata.get("profile_sources", {}).get(name, [])
             derived = sorted({s for s in sources if s != "fixed"})
@@ -108,6 +106,8 @@ def _verification_line(record: Any) -> str:
         return f"verification: {record or 'none'}"
     figures = "; ".join(f"{name} {m['task']} {m['headline']} {m['value']:.4g}" for name, m in record["outputs"].items()
                         if m.get("value") is not None)
-    kept = (record.get("fallback") or {}).get("kept")
-    fallback = f", {len(kept)} layer(s) kept in higher precision" if kept else ""
+    plan = record.get("fallback") or {}
+    kept = plan.get("kept")
+    how = f" ({plan['kept_as']})" if plan.get("kept_as") else ""
+    fallback = f", {len(kept)} layer(s) kept in higher precision{how}" if kept else ""
     return f"verified on {record['data']}: {figures}{fallback}"
