@@ -13,7 +13,6 @@ from typing import Any
 
 import click
 
-from edgec.benchmarks.verify import latency_summary
 from edgec.cli import emit_json, reporter
 from edgec.recipe import Recipe, choices_of
 
@@ -92,6 +91,8 @@ def build(ctx: click.Context, checkpoint: Path | None, config: Path | None, cach
         click.echo(f"  {_verification_line(art.metadata.get('verification'))}")
         latency = art.metadata.get("latency_check")
         if latency:
+            from edgec.benchmarks.verify import latency_summary  # numpy: not for `edgec --help`
+
             click.echo(f"  latency {latency_summary(latency)}")
         for name, shapes in art.metadata.get("optimization_profile", {}).items():
             sources = art.metadata.get("profile_sources", {}).get(name, [])
