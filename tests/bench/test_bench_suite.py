@@ -68,7 +68,24 @@ def test_quick_suite_on_digits(tmp_path, monkeypatch):
 
     targets = {cells[0]: cells for cells in _table(md, "## Targets")}
     assert targets["digits: edgec INT8 top-1 agreement >= 99.5%"][2] in ("PASS", "FAIL")
-    assert targets["edgec INT8 latency <= 0.35x ORT FP32 (resnet18)"][2] == "not measured"
+    (resnet,) = [cells for name, cells in targets.items() if name.startswith("edgec INT8 latency <=")
+                 and "(resnet18, " in name]
+    assert resnet[2] == "not measured"
+
+
+def test_latency_goals_are_per_isa():
+    from bench.suite import check_targets, goal_isa
+
+    assert [goal_isa(i) for i in ("AVX512-VNNI", "AVX-VNNI", "AVX512-VNNI and AVX-VNNI", "AVX2 without VNNI",
+                                  "x86_64 without AVX2", "aarch64")] == ["VNNI", "VNNI", "VNNI", "AVX2",
+                                                                          "x86_64 without AVX2", "aarch64"]
+    def goals(isa):
+        return [c.target for c in check_targets({}, None, isa) if c.target.startswith("edgec INT8 latency")]
+
+    assert goals("AVX512-VNNI") == ["edgec INT8 latency <= 0.30x ORT FP32 (resnet18, AVX512-VNNI)",
+                                    "edgec INT8 latency <= 0.55x ORT FP32 (mobilenetv2, AVX512-VNNI)"]
+    assert goals("AVX2 without VNNI") == ["edgec INT8 latency <= 0.55x ORT FP32 (resnet18, AVX2 without VNNI)"]
+    assert goals("aarch64") == []
 
 
 def test_build_time_figures_and_verdicts():
@@ -90,7 +107,7 @@ def test_build_time_figures_and_verdicts():
     assert len(header) == 4 and len(body) == 6
     for cells in body:
         assert float(cells[1]) > 0 and float(cells[3]) > 0
-    checks = {c.target: c for c in check_targets({}, timing)}
+    checks = {c.target: c for c in check_targets({}, timing, "AVX512-VNNI")}
     build = next(c for t, c in checks.items() if t.startswith("edgec build wall time"))
     assert build.passed is False and build.measured.startswith("1.60x")
     assert all(c.passed is None for t, c in checks.items() if "latency" in t)
