@@ -127,3 +127,15 @@ def others_busy(
         return "not measured"
     others = max(0.0, (end[0] - start[0]) - (end[1] - start[1])) / wall_s
     return f"{others:.2f} of {cores} cores busy on average (from /proc/stat, less this process)"
+
+
+#: The ISA classes the bench's latency goals are set for (``goal_isa``).
+VNNI, AVX2 = "VNNI", "AVX2"
+
+
+def goal_isa(isa: str) -> str:
+    """The class of a host whose INT8 ISA (``Cpu.int8_isa``) is ``isa`` that latency goals are set for: VNNI,
+    AVX2, or ``isa`` itself (no goal set)."""
+    if VNNI in isa and "without" not in isa:
+        return VNNI
+    return AVX2 if isa.startswith(AVX2) else isa

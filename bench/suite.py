@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.machine import Cpu, cpu_seconds, int8_build, others_busy, read_cpuinfo, versions
+from bench.machine import AVX2, VNNI, Cpu, cpu_seconds, goal_isa, int8_build, others_busy, read_cpuinfo, versions
 from bench.models import NAMES, BenchModel, load_model
 from bench.section import Budget, Check, build_for_bench, checks_table, checks_text, one_line, quiet, rotated
 from edgec.benchmarks.report import MISSING, aligned_lines, md_table, num_cell
@@ -54,7 +54,7 @@ BUILD_TIME_MODEL = "resnet18"
 # instructions of the host (``goal_isa``): ONNX Runtime's u8s8 kernels run about twice as fast with VNNI, and
 # without it the cpu target builds 7-bit weights (reduce_range). Issue 13: ResNet-18 shape <= 0.30x on a VNNI host,
 # <= 0.55x on AVX2; MobileNetV2 has a goal on VNNI hosts only (no goal is checked where none is set).
-LATENCY_TARGETS = {"resnet18": {"VNNI": 0.30, "AVX2": 0.55}, "mobilenetv2": {"VNNI": 0.55}}
+LATENCY_TARGETS = {"resnet18": {VNNI: 0.30, AVX2: 0.55}, "mobilenetv2": {VNNI: 0.55}}
 MIN_AGREEMENT = 99.5
 MAX_DROP = 0.5
 MAX_BUILD_RATIO = 1.3
@@ -559,14 +559,6 @@ def measure_build_time(bm: BenchModel, work: Path, settings: Settings, int8: dic
 
 
 # ------------------------------------------------------------------------------------------------ targets
-
-
-def goal_isa(isa: str) -> str:
-    """The key of LATENCY_TARGETS for a host whose INT8 ISA (``bench.machine.Cpu.int8_isa``) is ``isa``: "VNNI",
-    "AVX2", or ``isa`` itself (no goal set)."""
-    if "VNNI" in isa and "without" not in isa:
-        return "VNNI"
-    return "AVX2" if isa.startswith("AVX2") else isa
 
 
 def check_targets(results: dict[str, ModelResult], build: BuildTiming | None, isa: str) -> list[Check]:

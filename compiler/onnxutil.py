@@ -251,7 +251,22 @@ def with_activations(model: Any, nodes: list[str]) -> list[str]:
     outputs = {o for n in model.graph.node if n.name in wanted for o in n.output}
     extra = [n.name for n in model.graph.node
              if n.op_type in ACTIVATION_OPS and n.name not in wanted and any(i in outputs for i in n.input)]
-    return [*nodes, *extra]
+    return [*nodes, *extra, *_constant_scales_into(model, wanted)]
+
+
+def _constant_scales_into(model: Any, wanted: set[str]) -> list[str]:
+    """The Mul/Div-by-a-constant nodes read only by ``wanted`` nodes: a per-channel scale in front of a kept layer
+    (a BatchNorm the exporter left unfolded, an outlier channel) is part of it; quantized, its output would round
+    the kept layer's input with the range the scale made."""
+    constants = {i.name for i in model.graph.initializer}
+    constants |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    readers: dict[str, set[str]] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            readers.setdefault(i, set()).add(n.name)
+    return [n.name for n in model.graph.node
+            if n.op_type in ("Mul", "Div") and n.name not in wanted and len(n.input) == 2 and n.input[1] in constants
+            and all(readers.get(o) and readers[o] <= wanted for o in n.output)]
 
 
 def expose_outputs(model: Any, names: list[str], path: Path, types: dict[str, int] | None = None) -> None:

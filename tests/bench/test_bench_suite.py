@@ -74,7 +74,8 @@ def test_quick_suite_on_digits(tmp_path, monkeypatch):
 
 
 def test_latency_goals_are_per_isa():
-    from bench.suite import check_targets, goal_isa
+    from bench.machine import goal_isa
+    from bench.suite import check_targets
 
     assert [goal_isa(i) for i in ("AVX512-VNNI", "AVX-VNNI", "AVX512-VNNI and AVX-VNNI", "AVX2 without VNNI",
                                   "x86_64 without AVX2", "aarch64")] == ["VNNI", "VNNI", "VNNI", "AVX2",
