@@ -274,3 +274,28 @@ def test_a_layer_kept_in_float_keeps_its_activation_in_float(tmp_path):
     assert producer[by_name["sig0"].input[0]] == "DequantizeLinear"  # the other layer stays quantized
     assert producer[by_name["silu1"].input[1]] == "Sigmoid"
     assert {"conv1", "sig1", "silu1"} <= set(art.metadata["kept_float"])
+
+
+def test_a_constant_scale_read_only_by_a_kept_layer_is_kept_with_it():
+    """The planted outlier net's ``x * scale -> conv``: quantized, the scale's output rounds the kept conv's input
+    with the range the scale made; shared with a layer that stays INT8, it stays quantized."""
+    from onnx import TensorProto, helper
+
+    from edgec.compiler.onnxutil import with_activations
+
+    def model(shared: bool):
+        nodes = [helper.make_node("Mul", ["x", "s"], ["m"], name="scale"),
+                 helper.make_node("Conv", ["m", "w"], ["c"], name="conv"),
+                 helper.make_node("Relu", ["c"], ["y"], name="relu")]
+        outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)]
+        if shared:
+            nodes.append(helper.make_node("Conv", ["m", "w"], ["c2"], name="other"))
+            outputs.append(helper.make_tensor_value_info("c2", TensorProto.FLOAT, None))
+        inits = [numpy_helper.from_array(np.full((1, 4, 1, 1), 200, np.float32), "s"),
+                 numpy_helper.from_array(np.ones((4, 4, 1, 1), np.float32), "w")]
+        graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])],
+                                  outputs, inits)
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+    assert with_activations(model(False), ["conv"]) == ["conv", "relu", "scale"]
+    assert with_activations(model(True), ["conv"]) == ["conv", "relu"]
