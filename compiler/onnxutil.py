@@ -258,15 +258,26 @@ def _constant_scales_into(model: Any, wanted: set[str]) -> list[str]:
     """The Mul/Div-by-a-constant nodes read only by ``wanted`` nodes: a per-channel scale in front of a kept layer
     (a BatchNorm the exporter left unfolded, an outlier channel) is part of it; quantized, its output would round
     the kept layer's input with the range the scale made."""
-    constants = {i.name for i in model.graph.initializer}
-    constants |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
-    readers: dict[str, set[str]] = {}
-    for n in model.graph.node:
-        for i in n.input:
-            readers.setdefault(i, set()).add(n.name)
+    constants = constant_tensors(model)
+    readers = consumers_of(model)
     return [n.name for n in model.graph.node
             if n.op_type in ("Mul", "Div") and n.name not in wanted and len(n.input) == 2 and n.input[1] in constants
-            and all(readers.get(o) and readers[o] <= wanted for o in n.output)]
+            and all(readers.get(o) and {r.name for r in readers[o]} <= wanted for o in n.output)]
+
+
+def constant_tensors(model: Any) -> set[str]:
+    """The names of the tensors that hold constants: initializers and Constant node outputs."""
+    constants = {i.name for i in model.graph.initializer}
+    return constants | {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+
+
+def consumers_of(model: Any) -> dict[str, list[Any]]:
+    """The nodes reading each tensor, by tensor name."""
+    consumers: dict[str, list[Any]] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    return consumers
 
 
 def expose_outputs(model: Any, names: list[str], path: Path, types: dict[str, int] | None = None) -> None:
@@ -299,13 +310,9 @@ def linear_layers(model: Any) -> dict[str, list[Any]]:
 
 
 def graph_structure(model: Any) -> GraphStructure:
-    constants = {i.name for i in model.graph.initializer}
-    constants |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    constants = constant_tensors(model)
     producer = {o: n for n in model.graph.node for o in n.output}
-    consumers: dict[str, list[Any]] = {}
-    for n in model.graph.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
+    consumers = consumers_of(model)
     weighted = [n.name for n in model.graph.node if n.op_type in WEIGHTED_OPS and any(i in constants for i in n.input[1:2])]
 
     def fed_by_softmax(tensor: str, depth: int = 4) -> bool:
