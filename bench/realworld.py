@@ -627,6 +627,10 @@ def run_case(key: str, work: Path, quick: bool, budget: Budget, report: Callable
                       note="--no-verify (verification refused the default build, see below)" if note
                       else f"built and verified in {secs:.0f} s")
             row.timed = profile == "cpu"  # the ORT files; jetson's QDQ file on ORT is an accuracy estimate only
+            check = a.metadata.get("latency_check") or {}
+            if check.get("slower_than_fp32"):  # what the build said, beside the bench's own timing
+                case.build_notes.append(f"`{cli_command(case, profile, precs, flags)}` said {a.name}{tag} runs "
+                                        f"{check['ratio']:.2f}x its FP32 at build time, {check.get('why', '')}.")
             try:
                 outs, row.runtime = run_outputs(a, case.eval_feeds)
                 row.outputs = [o.get(scored_output(case), next(iter(o.values()))) for o in outs]

@@ -120,4 +120,6 @@ def latency_summary(check: dict[str, Any]) -> str:
     before = check.get("before_fallback")
     if before:
         text += f", {before['ratio']:.2f}x before the fallback kept {before['kept']} layer(s)"
-    return text + (": slower than FP32 on this host" if check.get("slower_than_fp32") else "")
+    if check.get("slower_than_fp32"):
+        text += ": slower than FP32 on this host" + (f" ({check['why']})" if check.get("why") else "")
+    return text

@@ -145,13 +145,17 @@ def kernel_counts(model: Any) -> dict[str, int]:
         for i in n.input:
             consumers.setdefault(i, []).append(n.op_type)
     requantized = [
-        n.name or n.op_type for n in model.graph.node
+        n for n in model.graph.node
         if n.op_type not in ("QuantizeLinear", "DequantizeLinear")
         and any(producer.get(i) == "DequantizeLinear" for i in n.input)
         and any(c == "QuantizeLinear" for o in n.output for c in consumers.get(o, []))
     ]
+    ops: dict[str, int] = {}
+    for n in requantized:
+        ops[n.op_type] = ops.get(n.op_type, 0) + 1
     return {"int8": int8, "float": len(flt), "float_nodes": [n.name or n.op_type for n in flt],
-            "requantized": len(requantized), "requantized_nodes": requantized[:20]}
+            "requantized": len(requantized), "requantized_nodes": [n.name or n.op_type for n in requantized][:20],
+            "requantized_ops": ops}
 
 
 def topological_sort(model: Any) -> None:

@@ -288,7 +288,24 @@ def test_an_int8_slower_than_fp32_tries_its_requantized_ops_in_float(tmp_path, m
         assert int8["metadata"]["verification"]["passed"]
     else:
         assert int8["metadata"]["fusion"]["requantized"] == 5  # the PReLUs, as built
-        assert f"requantizes around in float: {variant['ratio']:.2f}x" in said
+        assert f"with those and their layers in float it still ran {variant['ratio']:.2f}x" in said
+        assert "5 PRelu" in lat["why"] and lat["why"] in said
+
+
+def test_slower_than_fp32_says_why_from_what_the_build_measured():
+    from edgec.verification import why_slower
+
+    # a MobileNetV3-style file (hard-swish as Div, HardSigmoid): requantized around, and no faster without that
+    fusion = {"float": 0, "requantized": 27, "requantized_ops": {"HardSigmoid": 9, "Div": 18}}
+    why = why_slower(fusion, {"host": "AVX2 without VNNI", "float_islands": {"ratio": 1.55}})
+    assert why.startswith("why: 27 op(s) with no int8 kernel here (18 Div, 9 HardSigmoid)")
+    assert "still ran 1.55x, so its int8 kernels themselves are not faster than the FP32 ones on AVX2 without VNNI" \
+        in why
+    # every op fused: nothing to blame but the kernels
+    assert "every compute op runs an int8 kernel" in why_slower({"float": 0, "requantized": 0}, {"host": "h"})
+    # a compute op left in float is named
+    assert "1 compute op(s) stay float" in why_slower({"float": 1, "float_nodes": ["Conv_3"]}, {}) and "Conv_3" in \
+        why_slower({"float": 1, "float_nodes": ["Conv_3"]}, {})
 
 
 # ---- 13.5: is the calibration set representative?

@@ -302,7 +302,7 @@ class Verifier:
                     self.report(f"[latency] {name}: {ratio:.2f}x FP32 as built, {v_ratio:.2f}x with the ops it requantizes "
                                 "around and their layers in float (within budget): shipping that")
                     record.update(ms=record["float_islands"]["ms"], ratio=round(v_ratio, 3), chosen="float-islands")
-                    stage, ratio = v_stage, v_ratio
+                    stage, ratio, artifact = v_stage, v_ratio, v_artifact
                     verification = {**v_verdict.to_dict(), "budget": self.budget.to_dict()}
         if "before-fallback" in times:
             record["before_fallback"] = {"ms": round(times["before-fallback"], 4), "kept": len(kept),
@@ -310,12 +310,10 @@ class Verifier:
         ratio = record["ratio"]  # the message says the figure the manifest records
         if ratio > SLOWER:
             record["slower_than_fp32"] = True
-            tried = record.get("float_islands")
-            also = (f" (with the ops it requantizes around in float: {tried['ratio']:.2f}x)"
-                    if tried and record.get("chosen") != "float-islands" else "")
-            self.report(f"[latency] {name}: {ratio:.2f}x the FP32 latency on this host ({record['host']}, 1 thread)"
-                        f"{also}: {build.precision.value.upper()} is slower than FP32 here; build -p fp32 for this "
-                        "target if latency matters more than size")
+            record["why"] = why_slower(artifact.metadata.get("fusion") or {}, record)
+            self.report(f"[latency] {name}: {ratio:.2f}x the FP32 latency on this host ({record['host']}, 1 thread): "
+                        f"{build.precision.value.upper()} is slower than FP32 here, {record['why']}; build -p fp32 "
+                        "for this target if latency matters more than size")
         else:
             cost = record.get("before_fallback")
             self.report(f"[latency] {name}: {ratio:.2f}x the FP32 latency on this host ({record['host']}, 1 thread)"
@@ -380,3 +378,31 @@ class Verifier:
             hint="build another precision for this target, give more representative --calib data, or set the budget "
             "(--max-accuracy-drop, --min-cosine); --no-verify skips the check",
         )
+
+
+def why_slower(fusion: dict[str, Any], record: dict[str, Any]) -> str:
+    """Why an INT8 artifact is slower than FP32, from what the build knows: its runtime's fusion report (compute
+    ops left in float; ops with no int8 kernel, dequantized and requantized around) and the latency check's
+    float-islands try (those ops and their layers in float). When neither is the cause, or removing it did not
+    help, the int8 kernels themselves are not faster than the FP32 ones on this host."""
+    parts = []
+    if fusion.get("float"):
+        parts.append(f"{fusion['float']} compute op(s) stay float between a dequantize and a quantize "
+                     f"({', '.join(fusion.get('float_nodes', [])[:3])})")
+    ops = fusion.get("requantized_ops") or {}
+    if ops:
+        parts.append(f"{sum(ops.values())} op(s) with no int8 kernel here ("
+                     + ", ".join(f"{n} {op}" for op, n in sorted(ops.items(), key=lambda kv: -kv[1]))
+                     + ") are dequantized and requantized around")
+    tried = record.get("float_islands")
+    host = record.get("host", "this host")
+    if tried and tried["ratio"] > SLOWER:
+        lead = ("with those and their layers in float" if ops else
+                f"with {len(tried.get('kept_float', []))} nodes in float (the ops its runtime requantized around "
+                "and their layers)")
+        parts.append(f"{lead} it still ran {tried['ratio']:.2f}x, so its int8 kernels themselves are not faster "
+                     f"than the FP32 ones on {host}")
+    elif not parts:
+        parts.append(f"every compute op runs an int8 kernel: for this model's layer shapes they are not faster "
+                     f"than the FP32 ones on {host}")
+    return "why: " + "; ".join(parts)
