@@ -94,6 +94,24 @@ def test_fallback_keeps_the_planted_layer_in_higher_precision(cli, nets, target)
     # The planted layer is the scale multiply and the conv that undoes it: nothing else is kept.
     assert set(kept) <= {PLANTED, "node_mul"}, kept
     assert record["outputs"]["output"]["drop"] <= 1.0
+    # warned about when the plan keeps half the quantized layers or more (this small net has few; -q keeps warnings)
+    share = record["fallback"]["kept_share"]
+    assert 0 < share <= 1 and ("little of it is INT8" in done.stderr) == (share >= 0.5)
+
+
+def test_a_fallback_that_keeps_most_layers_says_little_is_int8(nets, tmp_path, monkeypatch):
+    from edgec import api, verification
+    from edgec.recipe import Recipe
+
+    monkeypatch.setattr(verification, "MOSTLY_KEPT", 0.0)  # any plan counts as keeping most layers
+    lines: list[str] = []
+    result = api.build(Recipe(checkpoint=str(nets / "planted.pt2"), target=["cpu"], precision=["int8"],
+                              calib=str(nets / "calib.npz"), out=str(tmp_path / "b")), report=lines.append,
+                       cache_dir=tmp_path / "cache")
+    (art,) = result.manifest["artifacts"]
+    fallback = art["metadata"]["verification"]["fallback"]
+    (warning,) = [x for x in lines if x.startswith("warning: cpu/int8 holds its budget only with")]
+    assert f"{len(fallback['kept'])} of its" in warning and "float32" in warning and "little of it is INT8" in warning
 
 
 def test_microcontroller_build_fails_naming_the_layer_16x8_cannot_repair(cli, nets):

@@ -42,6 +42,8 @@ MIN_TO_SPLIT = 10
 RANDOM_SAMPLES = 8
 #: An artifact is "slower than FP32" above this latency ratio (timing on a shared machine is noisy by a few %).
 SLOWER = 1.03
+#: A fallback that keeps this share of the quantized layers or more in higher precision is warned about.
+MOSTLY_KEPT = 0.5
 #: A faster variant ships only when it beats the artifact by this share.
 MARGIN = 0.05
 #: Seconds of side-by-side timing a latency check spends.
@@ -252,6 +254,13 @@ class Verifier:
             raise self._failure(built[-1] if built else verdict,
                                 f"keeping up to {max(len(a.kept) for a in tried)} layer(s) in higher precision "
                                 "did not bring it within budget", layers)
+        kept = len(set(found.kept) & set(nodes))
+        record["fallback"]["kept_share"] = round(kept / len(nodes), 3)
+        if kept / len(nodes) >= MOSTLY_KEPT:
+            self.report(f"warning: {build.folder}/{build.precision.value} holds its budget only with {kept} of its "
+                        f"{len(nodes)} quantized layers kept in {build.target.higher_precision}: little of it is "
+                        f"{build.precision.value.upper()}; build -p fp16 or -p fp32 for this target if that serves "
+                        "as well")
         final = found.verdict
         return found.outcome, {**final.to_dict(), "budget": self.budget.to_dict(), "before_fallback":
                                verdict.to_dict(), "fallback": record["fallback"]}

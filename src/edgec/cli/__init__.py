@@ -94,7 +94,7 @@ class TerminalReporter:
         self._bar: _Bar | None = None
 
     def __call__(self, message: str) -> None:
-        if self.quiet:
+        if self.quiet and not message.startswith("warning: "):  # --quiet drops progress, not warnings
             return
         self._clear()
         self.stream.write(message + "\n")
