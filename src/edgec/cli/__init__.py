@@ -64,7 +64,7 @@ def _terminate(signum: int, frame: Any) -> None:
 
 @click.group(cls=EdgecGroup, context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "EDGEC"})
 @click.version_option(__version__, prog_name="edgec")
-@click.option("-q", "--quiet", is_flag=True, envvar="EDGEC_QUIET", show_envvar=True, help="Print results only, no progress.")
+@click.option("-q", "--quiet", is_flag=True, envvar="EDGEC_QUIET", show_envvar=True, help="Print results and warnings only, no progress.")
 @click.pass_context
 def cli(ctx: click.Context, quiet: bool) -> None:
     """edgec: compile trained models for edge devices and benchmark them on their real runtimes.
