@@ -684,10 +684,14 @@ def _decode_sequences(task: OutputTask, arrays: list[np.ndarray]) -> list[list[i
     out = []
     for a in arrays:
         time, cls = sequence_axes(task, a.shape)
-        batch = [a] if a.ndim == 2 else [a[b] for b in range(a.shape[0])]
-        shift = 0 if a.ndim == 2 else 1
+        if a.ndim == 2:
+            batch = [a]
+        else:  # the batch axis is the one neither time nor class: 0, or 1 in a time-major [T, N, C]
+            axis = ({0, 1, 2} - {time, cls}).pop()
+            batch = [np.take(a, b, axis=axis) for b in range(a.shape[axis])]
+            time, cls = time - (time > axis), cls - (cls > axis)
         for x in batch:
-            frames = np.moveaxis(x, [time - shift, cls - shift], [0, 1])
+            frames = np.moveaxis(x, [time, cls], [0, 1])
             out.append(pp.ctc_greedy_decode(frames, task.option("blank"), collapse=collapse))
     return out
 

@@ -133,6 +133,21 @@ INT8_KERNELS = {
 FLOAT_COMPUTE = {"Conv", "MatMul", "Gemm", "FusedConv", "FusedGemm", "FusedMatMul", "ConvTranspose"}
 
 
+#: Ops that only a quantized model holds: a file with them was quantized already.
+QUANTIZED_OPS = INT8_KERNELS | {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "DynamicQuantizeLSTM",
+                                "QLinearAdd", "QLinearMul", "QLinearConcat", "QLinearSigmoid", "QLinearLeakyRelu",
+                                "QLinearGlobalAveragePool", "QLinearAveragePool", "QLinearSoftmax"}
+
+
+def quantized_ops(model: Any) -> dict[str, int]:
+    """The quantized ops of ``model`` (main graph) and how many of each; empty for a float model."""
+    counts: dict[str, int] = {}
+    for n in model.graph.node:
+        if n.op_type in QUANTIZED_OPS:
+            counts[n.op_type] = counts.get(n.op_type, 0) + 1
+    return counts
+
+
 def kernel_counts(model: Any) -> dict[str, int]:
     """Int8 and float compute kernels in an (optimized) ONNX graph, whatever their domain."""
     int8 = sum(1 for n in model.graph.node if n.op_type in INT8_KERNELS)

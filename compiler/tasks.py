@@ -175,7 +175,8 @@ OPTIONS: dict[str, dict[str, Option]] = {
         "probabilities": _PROBS,
         "decode": Option("choice", "ctc", "greedy decoding", choices=("ctc", "argmax")),
         "blank": Option("int", 0, "CTC blank index"),
-        "time_axis": _axis(None, "time axis (default: the axis that is neither batch nor class)", nullable=True),
+        "time_axis": _axis(None, "time axis (default: the axis that is neither batch nor class; 0 for a "
+                           "time-major [T, N, C] output, whose batch axis is then 1)", nullable=True),
     },
     GENERIC: {},
 }
@@ -267,7 +268,8 @@ class OutputTask:
             details.append("argmax per pixel" if o["exclusive"] else f"threshold {o['threshold']:g}")
         elif self.task == "sequence":
             details.append(f"{o['decode']} decode" + (f", blank {o['blank']}" if o["decode"] == "ctc" else ""))
-            details.append(f"class axis {o['axis']}")
+            details.append(f"class axis {o['axis']}" + ("" if o["time_axis"] is None else
+                                                         f", time axis {o['time_axis']}"))
         elif self.task in ("classification", "multilabel"):
             details.append(f"{'class' if self.task == 'classification' else 'label'} axis {o['axis']}")
             details.append("probabilities" if o["probabilities"] else "logits")
@@ -475,7 +477,8 @@ def check_shape(task: OutputTask, shape: tuple[Any, ...]) -> OutputTask:
 
 
 def sequence_axes(task: OutputTask, shape: tuple[Any, ...]) -> tuple[int, int]:
-    """(time axis, class axis) of a sequence output: [N, T, C] by default, [T, C] taken as one sequence."""
+    """(time axis, class axis) of a sequence output: [N, T, C] by default, [T, C] taken as one sequence; with
+    time_axis=0 a time-major [T, N, C] output (a CRNN's LSTM without batch_first), the batch the remaining axis."""
     cls = class_axis(task, shape)
     if len(shape) not in (2, 3):
         raise ConfigError(f"output '{task.output}' has shape {_shape_text(shape)}: a sequence output must be "
@@ -485,7 +488,7 @@ def sequence_axes(task: OutputTask, shape: tuple[Any, ...]) -> tuple[int, int]:
         rest = [a for a in range(len(shape)) if a != cls and (len(shape) == 2 or a != 0)]
         time = rest[0]
     else:
-        time = _norm_axis(task, "time_axis", shape, allow_batch=len(shape) == 2)
+        time = _norm_axis(task, "time_axis", shape, allow_batch=True)
         if time == cls:
             raise ConfigError(f"output '{task.output}': time_axis and axis are both {time}")
     return time, cls

@@ -17,7 +17,14 @@ import numpy as np
 from edgec.compiler.context import BuildContext, quiet_tools
 from edgec.compiler.errors import ExportError, missing_dependency
 from edgec.compiler.modelio import one_torch_thread, torch_run
-from edgec.compiler.onnxutil import constants_to_initializers, name_nodes, opset_of, ort_session, save_model
+from edgec.compiler.onnxutil import (
+    constants_to_initializers,
+    name_nodes,
+    opset_of,
+    ort_session,
+    quantized_ops,
+    save_model,
+)
 from edgec.compiler.stage import Stage
 from edgec.compiler.stages.load import onnx_spec
 from edgec.compiler.types import CalibrationSet, InputSpec, LoadedModel, OnnxModel, TensorSpec
@@ -55,8 +62,25 @@ class ExportStage(Stage):
         else:
             model = _export_torch(loaded, self.opset, info)
         info["constants_moved"] = constants_to_initializers(model)
+        # An ONNX file's declared output shapes can be wrong (a [1, seqlen] that gives [T, 1, C]): what it gives,
+        # run once on inputs that fit it, is what slimming must keep and what the tasks are read from.
+        given = _output_shapes(model, _merge_spec(loaded.spec, onnx_spec(model)), out_dir) \
+            if loaded.kind == "onnx" else None
+        declared = {t.name: list(t.shape) for t in onnx_spec(model).outputs}
         if self.slim:
+            original = onnx.ModelProto()
+            original.CopyFrom(model)
             model = _slim(model, info)
+            if given is not None and info.get("slim") == "applied":
+                changed = _changed(given, _output_shapes(model, _merge_spec(loaded.spec, onnx_spec(model)), out_dir))
+                if changed:
+                    info["slim"] = f"undone: onnxslim changed {changed}"
+                    ctx.report(f"[export] onnxslim changed {changed}: keeping the model as given, unslimmed")
+                    model = original
+        if given is not None:
+            info["outputs_as_given"] = _declare_given_shapes(model, declared, given, loaded.source, ctx)
+        if loaded.kind == "onnx":
+            info["quantized_ops"] = quantized_ops(model)
         # Every node named, once, here: sensitivity analysis and the fallback name nodes, and every target
         # quantizes this file, so the names must be the same everywhere.
         info["nodes_named"] = name_nodes(model)
@@ -71,7 +95,7 @@ class ExportStage(Stage):
         except Exception as exc:
             raise ExportError(
                 f"the exported ONNX model of '{loaded.source}' is invalid: {' '.join(str(exc).split())[:300]}",
-                hint="report this with the model; try --no-slim",
+                hint="report this with the model; try --no-slim (slim: false in a recipe)",
             ) from None
         path = out_dir / MODEL_FILE
         save_model(model, path)
@@ -156,6 +180,54 @@ def _slim(model: Any, info: dict[str, Any]) -> Any:
     return slimmed
 
 
+def _output_shapes(model: Any, spec: InputSpec, out_dir: Path) -> dict[str, tuple[int, ...]] | None:
+    """The shape of each output of ``model`` run once by ONNX Runtime on random inputs that fit ``spec``
+    (dynamic axes 1); None when it cannot run so (then nothing is judged by it)."""
+    probe = out_dir / "probe" / MODEL_FILE
+    try:
+        save_model(model, probe)
+        session = ort_session(probe)
+        values = session.run(None, spec.example_feeds())
+        return {o.name: tuple(int(d) for d in v.shape) for o, v in zip(session.get_outputs(), values)}
+    except Exception:  # noqa: BLE001  (an input random values cannot feed: no shapes to go by)
+        return None
+    finally:
+        import shutil
+
+        shutil.rmtree(probe.parent, ignore_errors=True)
+
+
+def _changed(given: dict[str, tuple[int, ...]], now: dict[str, tuple[int, ...]] | None) -> str:
+    """What of ``given`` (output shapes) ``now`` does not keep, in words; "" when it keeps them all."""
+    if now is None:
+        return "the model so that ONNX Runtime cannot run it"
+    diffs = [f"output '{n}' from {list(shape)} to {list(now[n]) if n in now else 'missing'}"
+             for n, shape in given.items() if now.get(n) != shape]
+    return "; ".join(diffs)
+
+
+def _declare_given_shapes(model: Any, declared: dict[str, list], given: dict[str, tuple[int, ...]], source: str,
+                          ctx: BuildContext) -> dict[str, Any]:
+    """Where the source file declared an output's shape (``declared``) against what the model gives (another
+    rank, or another fixed size), declare the shape it gives in ``model`` (in place: slimming may have done so
+    already), say so, and return {output: {declared, given}}."""
+    fixed = {}
+    for vi in model.graph.output:
+        shape, said = given.get(vi.name), declared.get(vi.name)
+        if shape is None or said is None:
+            continue
+        if len(said) == len(shape) and all(not isinstance(d, int) or d == s for d, s in zip(said, shape)):
+            continue
+        dims = vi.type.tensor_type.shape.dim
+        del dims[:]
+        for s in shape:
+            dims.add().dim_value = s
+        fixed[vi.name] = {"declared": said, "given": list(shape)}
+        ctx.report(f"warning: '{Path(source).name}' declares output '{vi.name}' as {said} but gives "
+                   f"{list(shape)}: edgec uses the shape it gives")
+    return fixed
+
+
 def _merge_spec(declared: InputSpec, exported: InputSpec) -> InputSpec:
     """The exported model's signature, keeping the declared layouts and dynamic axis names."""
     by_name = {t.name: t for t in declared.inputs}
@@ -219,7 +291,14 @@ class VerifyStage(Stage):
         for f in feeds:
             ref = reference(f)
             got = session.run(None, {n: f[n] for n in names})
-            for r, g in zip(ref, got):
+            for i, (r, g) in enumerate(zip(ref, got)):
+                if r.shape != g.shape:
+                    raise ExportError(
+                        f"the exported model of '{loaded.source}' gives output {i} "
+                        f"('{onnx_model.spec.outputs[i].name}') the shape {list(g.shape)} where the source gives "
+                        f"{list(r.shape)}",
+                        hint="report this with the model; try --no-slim (slim: false in a recipe)",
+                    )
                 if r.size and np.issubdtype(r.dtype, np.floating):
                     worst = max(worst, float(np.max(np.abs(r.astype(np.float64) - g.astype(np.float64)))))
         reference_name = "the input ONNX file" if loaded.kind == "onnx" else "the torch model"

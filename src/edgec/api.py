@@ -303,6 +303,7 @@ def build(recipe: Recipe, report: Reporter = silent_reporter, cache_dir: Path | 
         final = _add_compression(pipeline, recipe, plan, report)
         pipeline.add(ExportStage(opset=recipe.opset, slim=recipe.slim, source=final))
         onnx_model = pipeline.value("onnx")
+        _check_not_quantized(onnx_model, plan, report)
 
         calibration, held = _data(recipe, plan, onnx_model, report)
         pipeline.seed("calibration", calibration, calibration.fingerprint if calibration is not None else "none")
@@ -353,6 +354,21 @@ def build(recipe: Recipe, report: Reporter = silent_reporter, cache_dir: Path | 
     finally:
         shutil.rmtree(partial, ignore_errors=True)
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _check_not_quantized(onnx_model: Any, plan: _Plan, report: Reporter) -> None:
+    """An ONNX file quantized already (QDQ, ConvInteger, QLinear ops) is not quantized again: INT8 is refused
+    naming its quantized ops; other precisions ship it as it is, with a warning that it is not a float model."""
+    ops = onnx_model.info.get("quantized_ops") or {}
+    if not ops:
+        return
+    named = ", ".join(f"{n} {op}" for op, n in sorted(ops.items(), key=lambda kv: -kv[1])[:5])
+    if plan.needs_int8:
+        raise InputFileError(
+            f"'{plan.checkpoint.name}' is quantized already ({named}): edgec quantizes float models",
+            hint="build -p fp32 to ship it as it is, or give the float model it was quantized from")
+    report(f"warning: '{plan.checkpoint.name}' is quantized already ({named}): its artifacts keep those ops as "
+           "they are, whatever precision they are labelled")
 
 
 def _data(recipe: Recipe, plan: _Plan, onnx_model: Any, report: Reporter) -> tuple[Any, Any]:

@@ -69,7 +69,8 @@ class Recipe:
                                     "files you trust.")
     out: str | None = _field(None, "The build folder to write (replaced atomically).", short="-o", path=True)
     opset: int = _field(18, "ONNX opset for export (the dynamo exporter needs >= 18).")
-    slim: bool = _field(True, "simplify the exported ONNX with onnxslim", flag=None)
+    slim: bool = _field(True, "Simplify the exported ONNX with onnxslim (--no-slim keeps it as exported).",
+                        flag=None, negative="--no-slim")
     seed: int = _field(0, "Seed for sampling and anything random.")
     cache: bool = _field(True, "Reuse stage outputs from the build cache (--no-cache rebuilds every stage).", flag=None, negative="--no-cache")
     target_options: dict[str, dict[str, Any]] = _field({}, "per-backend options, e.g. {onnxruntime: {per_channel: "

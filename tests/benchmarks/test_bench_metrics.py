@@ -561,6 +561,20 @@ def test_sequence_catches_a_dropped_token():
     assert m.figures["reference_token_error_rate_vs_labels"] == 0.0 and m.value == pytest.approx(1 / 11)
 
 
+def test_a_time_major_sequence_decodes_along_its_time_axis():
+    seqs = [[3, 5, 7], [1, 2, 9]]
+    frames = np.concatenate([ctc_frames(s) for s in seqs])  # [N, T, C]
+    task = OutputTask("logp", "sequence", {"probabilities": False, "time_axis": 0})
+    time_major = frames.transpose(1, 0, 2)  # [T, N, C]: what a CRNN whose LSTM is not batch_first gives
+    assert pp.ctc_greedy_decode(time_major[:, 1]) == seqs[1]
+    cand = time_major.copy()
+    cand[3:5, 1] = ctc_frames([0])[0, 0]  # the second sequence's second token becomes blanks
+    m = task_metrics(task, [time_major], [cand])
+    assert m.figures["sequence_agreement"] == 50.0 and m.value == pytest.approx(1 / 6)
+    # read as batch-major, the same array would be 9 one-frame "sequences": the declaration matters
+    assert task_metrics(OutputTask("logp", "sequence", {"probabilities": False}), [time_major], [cand]).rows == 9
+
+
 def test_argmax_sequence_decoding_keeps_every_frame():
     frames = ctc_frames([4, 4])
     task = OutputTask("tok", "sequence", {"decode": "argmax"})

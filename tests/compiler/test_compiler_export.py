@@ -105,3 +105,32 @@ def test_onnx_constant_weights_become_initializers(tmp_path):
     assert not [n for n in model.graph.node if n.op_type == "Constant"]
     conv = next(n for n in model.graph.node if n.op_type == "Conv")
     assert conv.input[1] in {i.name for i in model.graph.initializer}
+
+
+def test_an_onnx_output_declared_with_the_wrong_shape_takes_the_shape_it_gives(tmp_path):
+    """ddddocr's OCR files declare their [T, 1, C] output as [1, seqlen]: tasks are read from, and slimming must
+    keep, the shape the model gives."""
+    from onnx import TensorProto, helper
+
+    shape = helper.make_tensor("s", TensorProto.INT64, [3], [5, 1, 4])
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["x", "s"], ["r"]), helper.make_node("Softmax", ["r"], ["y"], axis=2)], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 20])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, "seqlen"])], [shape])
+    path = tmp_path / "timemajor.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    said: list[str] = []
+    loaded = load_checkpoint(path, ())
+    ctx = BuildContext(work_dir=tmp_path, cache=BuildCache(enabled=False), report=said.append)
+    (tmp_path / "export").mkdir()
+    exported = ExportStage().run({"model": loaded}, tmp_path / "export", ctx)
+    assert exported.spec.outputs[0].shape == (5, 1, 4)
+    assert exported.info["outputs_as_given"] == {"y": {"declared": [1, "seqlen"], "given": [5, 1, 4]}}
+    assert any(line.startswith("warning: 'timemajor.onnx' declares output 'y' as [1, 'seqlen'] but gives "
+                               "[5, 1, 4]") for line in said)
+    x = np.random.default_rng(0).standard_normal((1, 20)).astype(np.float32)
+    (got,) = ort_session(exported.path).run(None, {"x": x})
+    assert got.shape == (5, 1, 4)  # whatever onnxslim did, the file gives what the source gives
+    assert exported.info["slim"] == "applied" or exported.info["slim"].startswith("undone: onnxslim changed")
+    check = _verify(tmp_path, loaded, exported, ctx, [{"x": x}])
+    assert check["max_abs_diff"] < 1e-6

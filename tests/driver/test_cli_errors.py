@@ -189,3 +189,24 @@ def test_a_failing_stage_is_one_error_line(tmp_path, monkeypatch):
     monkeypatch.setenv("EDGEC_DEBUG", "1")
     result = CliRunner().invoke(cli, [*map(str, args), "--out", str(tmp_path / "out2")])
     assert result.exit_code == 4 and "Traceback" in result.output
+
+
+def test_an_onnx_file_quantized_already_is_not_quantized_again(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    w = helper.make_tensor("w", TensorProto.FLOAT, [16, 8], np.random.default_rng(0).standard_normal(128).tolist())
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])], [w])
+    float_path, path = tmp_path / "float.onnx", tmp_path / "dyn.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(float_path))
+    quantize_dynamic(str(float_path), str(path), weight_type=QuantType.QInt8)
+    np.savez(tmp_path / "calib.npz", x=np.random.default_rng(1).standard_normal((16, 1, 16)).astype(np.float32))
+    result, out = _run(["build", path, "--target", "cpu", "-p", "int8", "--calib", tmp_path / "calib.npz"],
+                       tmp_path)
+    _assert_user_error(result, out, 3, "'dyn.onnx' is quantized already", "MatMulInteger", "hint: build -p fp32")
+    result, out = _run(["build", path, "--target", "cpu", "-p", "fp32"], tmp_path)
+    assert result.exit_code == 0, result.output
+    assert "warning: 'dyn.onnx' is quantized already" in result.output and (out / "cpu" / "model.fp32.onnx").exists()
