@@ -250,10 +250,15 @@ class Verifier:
         }
         if found is None:
             layers = sorted({n for a in tried for n in a.kept}, key=nodes.index)
-            built = [a.verdict for a in tried if a.verdict.metrics]  # attempts that built and ran
-            raise self._failure(built[-1] if built else verdict,
-                                f"keeping up to {max(len(a.kept) for a in tried)} layer(s) in higher precision "
-                                "did not bring it within budget", layers)
+            built = [a for a in tried if a.verdict.metrics]  # attempts that built and ran
+            unbuilt = [a for a in tried if not a.verdict.metrics and len(a.kept) > max((len(b.kept) for b in built),
+                                                                                        default=0)]
+            most = max(built, key=lambda a: len(a.kept)) if built else None
+            why = (f"keeping up to {len(most.kept)} layer(s) in higher precision did not bring it within budget "
+                   "(the figures are that attempt's)" if most else "no attempt built")
+            if unbuilt:
+                why += f"; keeping {len(unbuilt[-1].kept)} did not build: {unbuilt[-1].verdict.breaches[0].removeprefix('this attempt did not build: ')}"
+            raise self._failure(most.verdict if most else verdict, why, layers)
         kept = len(set(found.kept) & set(nodes))
         record["fallback"]["kept_share"] = round(kept / len(nodes), 3)
         if kept / len(nodes) >= MOSTLY_KEPT:
