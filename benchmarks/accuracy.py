@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from edgec.compiler.errors import CalibrationError
+from edgec.compiler.tasks import GENERIC
 
 #: SNR is infinite when the outputs are identical; it is clipped to +-this many dB so the JSON stays valid.
 SNR_CAP_DB = 200.0
@@ -183,7 +184,8 @@ def _percent(hits: np.ndarray) -> float:
 
 
 def _compare_one(
-    name: str, ref: list[np.ndarray], cand: list[np.ndarray], labels: np.ndarray | None, primary: bool
+    name: str, ref: list[np.ndarray], cand: list[np.ndarray], labels: np.ndarray | None, primary: bool,
+    argmax_rows: bool = True,
 ) -> OutputMetrics:
     for i, (r, c) in enumerate(zip(ref, cand)):
         if r.shape != c.shape:
@@ -206,7 +208,7 @@ def _compare_one(
         mean_abs_error=float(diff.mean()) if diff.size else 0.0,
         nonfinite_values=nonfinite,
     )
-    if not _is_classification(ref[0]):
+    if not argmax_rows or not _is_classification(ref[0]):
         return metrics
     ref_top = np.concatenate([np.argmax(r, axis=-1).ravel() for r in ref])
     cand_top = np.concatenate([np.argmax(c, axis=-1).ravel() for c in cand])
@@ -262,13 +264,17 @@ def compare_outputs(
     label_arr = None if labels is None else np.asarray(labels).astype(np.int64).ravel()
     per_output: dict[str, OutputMetrics] = {}
     seen_classification = False
+    by_name = _tasks_of(reference, names, label_arr, tasks)
     for name in names:
         ref = [np.asarray(r[name]) for r in reference]
         cand = [np.asarray(c[name]) for c in candidate]
-        is_primary = not seen_classification and _is_classification(ref[0])
-        per_output[name] = _compare_one(name, ref, cand, label_arr, is_primary)
+        # top-1 agreement of the last axis' argmax: for classifiers and outputs of no known task, not for a
+        # probability map, a sequence, boxes or an embedding, whose argmax along a row means nothing
+        rows = by_name[name].task in ("classification", GENERIC)
+        is_primary = rows and not seen_classification and _is_classification(ref[0])
+        per_output[name] = _compare_one(name, ref, cand, label_arr, is_primary, rows)
         seen_classification = seen_classification or per_output[name].classification
-    scored = _task_metrics(reference, candidate, names, label_arr, tasks)
+    scored = _task_metrics(reference, candidate, names, label_arr, by_name)
     for name, temperature in (temperatures or {}).items():
         m = scored.get(name)
         if m is not None and m.task == "classification" and "ece" in m.figures:
@@ -282,10 +288,9 @@ def compare_outputs(
     return AccuracyReport(per_output=per_output, samples=len(reference), reference=reference_name, tasks=scored)
 
 
-def _task_metrics(reference: list[dict[str, np.ndarray]], candidate: list[dict[str, np.ndarray]], names: list[str],
-                  labels: np.ndarray | None, tasks: list[Any] | None) -> dict[str, Any]:
-    """Each output in its task's terms; labels go to the first classification output."""
-    from edgec.benchmarks.metrics import task_metrics
+def _tasks_of(reference: list[dict[str, np.ndarray]], names: list[str], labels: np.ndarray | None,
+              tasks: list[Any] | None) -> dict[str, Any]:
+    """Each output's task: given (the build's manifest), else inferred from the reference outputs' shapes."""
     from edgec.compiler.tasks import resolve_tasks
     from edgec.compiler.types import InputSpec, TensorSpec
 
@@ -296,6 +301,14 @@ def _task_metrics(reference: list[dict[str, np.ndarray]], candidate: list[dict[s
                                    for n in names))
         inferred = {t.output: t for t in resolve_tasks(spec, has_labels=labels is not None)}
         by_name = {n: by_name.get(n, inferred[n]) for n in names}
+    return by_name
+
+
+def _task_metrics(reference: list[dict[str, np.ndarray]], candidate: list[dict[str, np.ndarray]], names: list[str],
+                  labels: np.ndarray | None, by_name: dict[str, Any]) -> dict[str, Any]:
+    """Each output in its task's terms (``by_name``: its task); labels go to the first classification output."""
+    from edgec.benchmarks.metrics import task_metrics
+
     labelled = next((n for n in names if by_name[n].task == "classification"), None)
     return {
         n: task_metrics(by_name[n], [r[n] for r in reference], [c[n] for c in candidate],

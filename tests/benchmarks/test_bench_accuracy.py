@@ -135,3 +135,16 @@ def test_report_round_trip_and_json_safe():
     d = json.loads(json.dumps(report.to_dict(), allow_nan=False))
     assert d["accuracy_drop"] == pytest.approx(25.0) and d["drop_basis"] == "labels"
     assert AccuracyReport.from_dict(d) == report
+
+
+def test_top1_agreement_is_for_classifiers_not_for_a_probability_map():
+    from edgec.compiler.tasks import OutputTask
+
+    rng = np.random.default_rng(0)
+    maps = [{"map": rng.random((1, 1, 16, 16)).astype(np.float32), "logits": rng.standard_normal((1, 5))}
+            for _ in range(4)]
+    tasks = [OutputTask("map", "dense", {}), OutputTask("logits", "classification", {})]
+    report = compare_outputs(maps, [{k: v + 0.01 for k, v in m.items()} for m in maps], tasks=tasks)
+    assert report.per_output["map"].top1_agreement is None and not report.per_output["map"].classification
+    assert report.per_output["logits"].top1_agreement == 100.0
+    assert report.tasks["map"].task == "dense"
