@@ -553,6 +553,7 @@ def inspect_model(path: Path, inputs=(), model_factory: str | None = None, trust
     with tempfile.TemporaryDirectory() as tmp:
         if loaded.kind == "onnx":
             model = onnx.load(str(path))
+            _fix_input_dims(model, loaded.spec)
         else:
             ctx = BuildContext(work_dir=Path(tmp), cache=BuildCache(enabled=False))
             exported = ExportStage().run({"model": loaded}, Path(tmp), ctx)
@@ -566,8 +567,24 @@ def inspect_model(path: Path, inputs=(), model_factory: str | None = None, trust
             "outputs": [t.to_dict() for t in spec.outputs],
             "parameters": parameter_count(model),
             "macs": mac_count(model),
+            "dynamic_inputs": [t.name for t in onnx_spec(model).inputs if t.is_dynamic],
             "ops": op_histogram(model),
         }
+
+
+def _fix_input_dims(model: Any, spec: Any) -> None:
+    """Set the ONNX graph's input dimensions to the fixed ones of ``spec`` (--input), in place, so shapes (and
+    MACs) are inferred at that size."""
+    fixed = {t.name: t.shape for t in spec.inputs}
+    for vi in model.graph.input:
+        shape = fixed.get(vi.name)
+        dims = vi.type.tensor_type.shape.dim
+        if shape is None or len(shape) != len(dims):
+            continue
+        for d, value in zip(dims, shape):
+            if isinstance(value, int):
+                d.ClearField("dim_param")
+                d.dim_value = value
 
 
 def bench(

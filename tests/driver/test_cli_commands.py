@@ -60,6 +60,14 @@ def test_inspect_onnx_with_dynamic_batch(tmp_path):
     assert "x: batchx1x8x8 float32 NCHW" in r.output
     assert "parameters: 170" in r.output  # 72 + 8 + 80 + 10, kept in Constant nodes
     assert "Constant" in r.output
+    assert "dynamic axes of x counted as 1" in r.output
+    # --input fixes the dynamic batch: MACs scale with it
+    macs = [int(line.split()[1].replace(",", "")) for line in r.output.splitlines() if line.startswith("MACs:")]
+    r4 = CliRunner().invoke(cli, ["inspect", str(path), "--input", "x:4x1x8x8"])
+    assert r4.exit_code == 0, r4.output
+    assert "counted as 1" not in r4.output
+    macs4 = [int(line.split()[1].replace(",", "")) for line in r4.output.splitlines() if line.startswith("MACs:")]
+    assert macs[0] > 0 and macs4 == [4 * macs[0]]
 
 
 def test_recipe_drives_the_build_and_flags_override(tmp_path, tiny):

@@ -32,7 +32,10 @@ def inspect(path: Path, inputs, model_factory, trust_checkpoint, as_json) -> Non
             layout = f" {t['layout']}" if t.get("layout") else ""
             click.echo(f"  {t['name']}: {'x'.join(map(str, t['shape']))} {t['dtype']}{layout}")
     click.echo(f"parameters: {info['parameters']:,}")
-    click.echo(f"MACs: {info['macs']:,} (Conv/Gemm/MatMul, batch 1)")
+    dynamic = info.get("dynamic_inputs") or []
+    click.echo(f"MACs: {info['macs']:,} (Conv/Gemm/MatMul, batch 1"
+               + (f"; dynamic axes of {', '.join(dynamic)} counted as 1: give --input NAME:SHAPE to count at a size)"
+                  if dynamic else ")"))
     click.echo("ops:")
     for op, n in info["ops"].items():
         click.echo(f"  {op:<28}{n}")
