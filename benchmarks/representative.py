@@ -112,17 +112,18 @@ def input_shift(calibration: Iterable[Feeds], held: Sequence[Feeds]) -> dict[str
 
 def representativeness(onnx_path: Path, ranges: Mapping[str, tuple[float, float]], method: str,
                        calibration: CalibrationSet, held: Sequence[Feeds], held_source: str,
-                       held_in_calibration: bool) -> tuple[dict[str, Any], list[str]]:
+                       held_in_calibration: bool, held_back: int = 0) -> tuple[dict[str, Any], list[str]]:
     """The manifest's record of how well the calibration ranges cover the held-out samples, and the warnings
-    to print."""
+    to print. ``held_back``: how many samples of the given calibration set were held out to verify."""
     clips = clipped_fractions(onnx_path, ranges, held)
     flagged = [c for c in clips if c.fraction > CLIPPED_HIGH]
     shifts = input_shift(calibration, held)
     shifted = {k: v for k, v in shifts.items() if v > SHIFT_HIGH}
     warnings = []
     if len(calibration) < SMALL_CALIBRATION:
-        warnings.append(f"only {len(calibration)} calibration samples: ranges from so few rarely hold on real "
-                        f"inputs (give {SMALL_CALIBRATION} or more, a few hundred for detectors and encoders)")
+        back = f" once {held_back} are held out to verify" if held_back else ""
+        warnings.append(f"only {len(calibration)} calibration samples{back}: ranges from so few rarely hold on "
+                        f"real inputs (give {SMALL_CALIBRATION} or more, a few hundred for detectors and encoders)")
     if flagged:
         worst = ", ".join(f"'{c.tensor}' {100 * c.fraction:.1f}%" for c in flagged[:4])
         warnings.append(f"{len(flagged)} calibrated tensor(s) clip more than {100 * CLIPPED_HIGH:g}% of their values "

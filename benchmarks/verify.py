@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from edgec.benchmarks.metrics import TaskMetrics, task_metrics
+from edgec.benchmarks.metrics import DROP_FIGURE, TaskMetrics, task_metrics
 from edgec.compiler.errors import ConfigError
 from edgec.compiler.tasks import GENERIC, OutputTask
 
@@ -67,6 +67,9 @@ class Verdict:
         parts = []
         for m in self.metrics.values():
             value = f"{m.value:.4g}" if isinstance(m.value, float) else str(m.value)
+            source = DROP_FIGURE.get(m.task) if m.drop_basis == "reference" else None
+            if source in m.figures and source != m.headline:  # the figure the drop comes from, beside it
+                value += f", {source} {m.figures[source]:.4g}"
             parts.append(f"{m.output} {m.task} {m.headline} {value} (drop {m.drop:.2f})")
         verdict = "ok" if self.passed else "OVER BUDGET"
         if not self.metrics:  # an attempt that did not build: its breach says why

@@ -60,13 +60,14 @@ def save_model(model: Any, path: Path) -> None:
         onnx.save_model(model, str(path))
 
 
-def ort_session(path: Path | str, threads: int = 1, level: str = "all", optimized_path: Path | None = None) -> Any:
+def ort_session(path: Path | str, threads: int = 1, level: str = "all", optimized_path: Path | None = None,
+                log_level: int = 3) -> Any:
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
-    so.log_severity_level = 3
+    so.log_severity_level = log_level
     so.graph_optimization_level = {
         "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
         "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
@@ -102,10 +103,11 @@ def mac_count(model: Any) -> int:
     inferred = onnx.shape_inference.infer_shapes(model)
     shapes: dict[str, list[int]] = {}
     for vi in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
-        dims = [d.dim_value if d.HasField("dim_value") else 1 for d in vi.type.tensor_type.shape.dim]
+        dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 1 for d in vi.type.tensor_type.shape.dim]
         shapes[vi.name] = dims
     for init in inferred.graph.initializer:
         shapes[init.name] = list(init.dims)
+    shapes = {k: [max(1, int(d)) for d in v] for k, v in shapes.items()}
     macs = 0
     for node in inferred.graph.node:
         out = shapes.get(node.output[0]) if node.output else None

@@ -186,7 +186,7 @@ def _output_shapes(model: Any, spec: InputSpec, out_dir: Path) -> dict[str, tupl
     probe = out_dir / "probe" / MODEL_FILE
     try:
         save_model(model, probe)
-        session = ort_session(probe)
+        session = ort_session(probe, log_level=4)  # a model random inputs cannot run is no error of the user's
         values = session.run(None, spec.example_feeds())
         return {o.name: tuple(int(d) for d in v.shape) for o, v in zip(session.get_outputs(), values)}
     except Exception:  # noqa: BLE001  (an input random values cannot feed: no shapes to go by)

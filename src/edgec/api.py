@@ -409,7 +409,8 @@ def _representativeness(pipeline: Any, recipe: Recipe, plan: _Plan, onnx_model: 
         return None
     stats = pipeline.value("calibration_stats")
     record, warnings = representativeness(onnx_model.path, stats.ranges(), stats.method, calibration,
-                                          held.samples, held.description, held.in_sample)
+                                          held.samples, held.description, held.in_sample,
+                                          len(held.samples) if held.split_from_calibration else 0)
     worst = record["worst"][0] if record["worst"] else None
     report(f"[calibration] {record['tensors_checked']} calibrated tensors on {held.description}: "
            f"{100 * record['mean_clipped']:.3f}% of values outside their range on average"

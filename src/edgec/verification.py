@@ -58,6 +58,7 @@ class HeldOut:
     description: str  # for messages: "12 held-out calibration samples"
     labels: np.ndarray | None = None
     in_sample: bool = False  # the samples were also used to calibrate
+    split_from_calibration: bool = False  # the samples were taken out of the calibration set
 
     def to_dict(self) -> dict[str, Any]:
         return {"samples": len(self.samples), "source": self.description, "labels": self.labels is not None,
@@ -79,7 +80,8 @@ def split_holdout(calibration: CalibrationSet, seed: int) -> tuple[CalibrationSe
     rest.readings = dict(getattr(calibration, "readings", {}))
     order = sorted(held)
     held_labels = None if labels is None else np.asarray(labels)[order]
-    return rest, HeldOut([samples[i] for i in order], f"{count} held-out calibration samples", held_labels)
+    return rest, HeldOut([samples[i] for i in order], f"{count} held-out calibration samples", held_labels,
+                         split_from_calibration=True)
 
 
 def random_holdout(spec: Any) -> HeldOut:

@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from edgec.compiler.errors import TargetBuildError, missing_dependency
+from edgec.compiler.errors import QuantizationError, TargetBuildError, missing_dependency
 from edgec.compiler.onnxutil import (
     graph_structure,
     kernel_counts,
@@ -135,6 +135,22 @@ def fusion_report(path: Path) -> dict[str, Any]:
     return counts
 
 
+def _control_flow(graph: Any) -> list[str]:
+    """The op types of ``graph``'s nodes that hold subgraphs (If, Loop, Scan)."""
+    return sorted({n.op_type for n in graph.graph.node if any(a.type == a.GRAPH or a.graphs for a in n.attribute)})
+
+
+def _why_nothing(graph: Any, keep: list[str]) -> str:
+    """Why quantizing ``graph`` (an FP32 model) with ``keep`` left in float gave no int8 kernel, in words."""
+    if keep:
+        return f"with {len(keep)} node(s) kept in float nothing is left to quantize"
+    control = _control_flow(graph)
+    if control:
+        return (f"its layers sit inside {'/'.join(control)} subgraphs, which ONNX Runtime's quantizer leaves in "
+                "float")
+    return "it has no Conv, MatMul or Gemm with constant weights"
+
+
 class OnnxRuntimeTarget(Target):
     name = "onnxruntime"
     timed_on_host = True
@@ -168,7 +184,12 @@ class OnnxRuntimeTarget(Target):
             try:
                 onnx.checker.check_model(str(out))
             except Exception as exc:
-                raise TargetBuildError(f"the {precision.value} model '{out.name}' is invalid: {exc}") from None
+                control = _control_flow(onnx.load(str(model.path), load_external_data=False))
+                raise TargetBuildError(
+                    f"the {precision.value} model '{out.name}' is invalid: {' '.join(str(exc).split())[:300]}",
+                    hint=(f"the model has {'/'.join(control)} subgraphs, which the {precision.value} converter "
+                          "mishandles; " if control else "report this with the model; ")
+                    + "build -p fp32 for this target meanwhile") from None
         spec = InputSpec(model.spec.inputs, model.spec.outputs)
         return [Artifact(out, ModelFormat.ONNX, precision, self.name, spec, sha256_file(out), meta)]
 
@@ -212,6 +233,9 @@ class OnnxRuntimeTarget(Target):
             })
         meta["kept_float"] = keep
         meta["fusion"] = fusion_report(out)
+        if not meta["fusion"]["int8"]:
+            raise QuantizationError(f"the INT8 model runs no int8 kernel on ONNX Runtime: {_why_nothing(graph, keep)}",
+                                    hint="build -p fp32 or -p fp16 for this target: INT8 would change nothing")
         return meta
 
     @staticmethod

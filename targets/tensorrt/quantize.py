@@ -60,10 +60,10 @@ def quantize_tensorrt(src: Path, out: Path, stats: CalibrationStats, per_channel
     name_nodes(model)
     selected, left_float, rule = nodes_to_quantize(model, keep_float)
     if not selected:
-        raise QuantizationError(
-            f"'{src.name}' has no Conv, ConvTranspose, Gemm, MatMul or residual Add to quantize",
-            hint="build fp16 for this model: INT8 would change nothing on TensorRT",
-        )
+        why = (f"with {len(keep_float)} layer(s) kept in float nothing of '{src.name}' is left to quantize"
+               if left_float else
+               f"'{src.name}' has no Conv, ConvTranspose, Gemm, MatMul or residual Add to quantize")
+        raise QuantizationError(why, hint="build fp16 for this model: INT8 would change nothing on TensorRT")
     with tempfile.TemporaryDirectory(prefix="edgec-trt-q-") as tmp:
         named = Path(tmp) / "named.onnx"
         save_model(model, named)

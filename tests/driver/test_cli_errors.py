@@ -210,3 +210,19 @@ def test_an_onnx_file_quantized_already_is_not_quantized_again(tmp_path):
     result, out = _run(["build", path, "--target", "cpu", "-p", "fp32"], tmp_path)
     assert result.exit_code == 0, result.output
     assert "warning: 'dyn.onnx' is quantized already" in result.output and (out / "cpu" / "model.fp32.onnx").exists()
+
+
+def test_int8_that_would_run_no_int8_kernel_fails_saying_why(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    bias = helper.make_tensor("b", TensorProto.FLOAT, [1, 8], [0.5] * 8)
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Add", ["r", "b"], ["y"])],
+                              "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])], [bias])
+    path = tmp_path / "elementwise.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    np.savez(tmp_path / "calib.npz", x=np.random.default_rng(0).standard_normal((16, 1, 8)).astype(np.float32))
+    result, out = _run(["build", path, "--target", "cpu", "-p", "fp32", "-p", "int8", "--calib",
+                        tmp_path / "calib.npz"], tmp_path)
+    _assert_user_error(result, out, 4, "runs no int8 kernel", "no Conv, MatMul or Gemm", "hint: build -p fp32")
