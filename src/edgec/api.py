@@ -371,6 +371,10 @@ def _check_not_quantized(onnx_model: Any, plan: _Plan, report: Reporter) -> None
            "they are, whatever precision they are labelled")
 
 
+#: Fewer held-out samples than this get a warning: one of them is worth more than 3 points of agreement.
+FEW_TO_VERIFY = 30
+
+
 def _data(recipe: Recipe, plan: _Plan, onnx_model: Any, report: Reporter) -> tuple[Any, Any]:
     """The calibration set, and the held-out data verification runs on (None with --no-verify or when nothing is
     compressed): --verify-data, else a seeded part of --calib kept out of calibration, else random inputs."""
@@ -395,7 +399,12 @@ def _data(recipe: Recipe, plan: _Plan, onnx_model: Any, report: Reporter) -> tup
         return calibration, HeldOut(data.samples, f"--verify-data {recipe.verify_data} ({len(data)} samples)",
                                     getattr(data, "labels", None))
     if calibration is not None:
-        return split_holdout(calibration, recipe.seed)
+        calibration, held = split_holdout(calibration, recipe.seed)
+        if len(held.samples) < FEW_TO_VERIFY:
+            report(f"warning: verification runs on {held.description}: one sample moves an agreement by "
+                   f"{100 / len(held.samples):.1f} points, more than the default budgets (1-2 points), so its "
+                   "verdicts and the fallback's choices are noisy; give --verify-data with a hundred samples or more")
+        return calibration, held
     return calibration, random_holdout(onnx_model.spec)
 
 
