@@ -91,8 +91,13 @@ def parameter_count(model: Any) -> int:
     from onnx import TensorProto
 
     floating = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE}
-    tensors = list(model.graph.initializer)
-    tensors += [a.t for n in model.graph.node if n.op_type == "Constant" for a in n.attribute if a.name == "value"]
+    tensors = []
+    graphs = [model.graph]
+    while graphs:  # the main graph and the subgraphs of If/Loop/Scan nodes, whose weights are theirs
+        g = graphs.pop()
+        tensors += list(g.initializer)
+        tensors += [a.t for n in g.node if n.op_type == "Constant" for a in n.attribute if a.name == "value"]
+        graphs += [sub for n in g.node for a in n.attribute for sub in ([a.g] if a.HasField("g") else list(a.graphs))]
     return sum(int(np.prod(t.dims)) if t.dims else 1 for t in tensors if t.data_type in floating)
 
 

@@ -465,6 +465,10 @@ def _verify(pipeline: Any, recipe: Recipe, plan: _Plan, builds: list[Any], onnx_
             for name, c in extra["confidence"].items():
                 report(f"[confidence] {b.folder}/{b.precision.value} {name}: T = {c['temperature']:.3f}, ECE "
                        f"{c['ece_before']:.4f} -> {c['ece_after']:.4f} (FP32 {c['reference_ece']:.4f})")
+                if c["ece_after"] > c["ece_before"]:
+                    report(f"warning: {b.folder}/{b.precision.value} {name}: the temperature fitted on {c['fit_rows']} "
+                           f"rows makes the ECE worse on the {c['held_rows']} it was judged on; do not apply it "
+                           "(give more labelled --verify-data)")
         shipped.append((stage, extra))
     return shipped
 

@@ -105,3 +105,24 @@ def test_recipe_value_of_the_wrong_type(tmp_path, tiny):
 def test_version(edgec_cli):
     r = edgec_cli("--version")
     assert r.returncode == 0 and "edgec" in r.stdout
+
+
+def test_inspect_counts_the_weights_inside_if_branches(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    def branch(name, value):
+        w = helper.make_tensor(f"w_{name}", TensorProto.FLOAT, [2, 3], [value] * 6)
+        return helper.make_graph([helper.make_node("MatMul", ["x", f"w_{name}"], [f"y_{name}"])], name, [],
+                                 [helper.make_tensor_value_info(f"y_{name}", TensorProto.FLOAT, [1, 3])], [w])
+
+    graph = helper.make_graph(
+        [helper.make_node("If", ["c"], ["y"], then_branch=branch("then", 1.0), else_branch=branch("else", 2.0))],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2]),
+              helper.make_tensor_value_info("c", TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])])
+    path = tmp_path / "branches.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    r = CliRunner().invoke(cli, ["inspect", str(path)])
+    assert r.exit_code == 0, r.output
+    assert "parameters: 12" in r.output  # 6 in each branch; the main graph holds none
