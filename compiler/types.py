@@ -59,6 +59,8 @@ def parse_dtype(name: str) -> str:
 
 
 Dim = int | str  # an int is a fixed size; a str names a dynamic axis ("batch", "N", ...)
+#: The size example inputs give a dynamic axis other than the first (see ``InputSpec.example_feeds``).
+DYNAMIC_EXTENT = 64
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,13 +155,16 @@ class InputSpec:
         raise KeyError(name)
 
     def example_feeds(self, batch: int = 1, seed: int = 0) -> dict[str, np.ndarray]:
-        """Random feeds that fit the inputs (dynamic axes filled with ``batch``)."""
+        """Random feeds that fit the inputs: a dynamic first axis is ``batch``, any other dynamic axis (an image's
+        height and width, a sequence's length) ``DYNAMIC_EXTENT``, so a convolution has room for its kernel and an
+        exporter does not specialise the axis to 1."""
         import numpy as np
 
         rng = np.random.default_rng(seed)
         feeds = {}
         for t in self.inputs:
-            shape = t.concrete_shape(batch)
+            shape = tuple(d if isinstance(d, int) else batch if i == 0 else DYNAMIC_EXTENT
+                          for i, d in enumerate(t.shape))
             if np.issubdtype(np.dtype(t.dtype), np.integer):
                 feeds[t.name] = rng.integers(0, 2, size=shape).astype(t.dtype)
             elif t.dtype == "bool":

@@ -134,3 +134,16 @@ def test_an_onnx_output_declared_with_the_wrong_shape_takes_the_shape_it_gives(t
     assert exported.info["slim"] == "applied" or exported.info["slim"].startswith("undone: onnxslim changed")
     check = _verify(tmp_path, loaded, exported, ctx, [{"x": x}])
     assert check["max_abs_diff"] < 1e-6
+
+
+def test_dynamic_height_and_width_export_a_fully_convolutional_model(tmp_path):
+    """MTCNN's PNet or a DBNet text detector takes any image size: --input x:Nx3xHxW must not probe at 1x1."""
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Conv2d(4, 2, 3)).eval()
+    path = tmp_path / "fcn.pt"
+    torch.jit.trace(model, torch.zeros(1, 3, 12, 12)).save(str(path))
+    _, exported, _ = _export(tmp_path, path, (TensorSpec.parse("x:Nx3xHxW"),))
+    session = ort_session(exported.path)
+    for shape in ((1, 3, 20, 30), (2, 3, 48, 24)):
+        x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+        got = session.run(None, {"x": x})[0]
+        np.testing.assert_allclose(got, model(torch.from_numpy(x)).detach().numpy(), atol=1e-5)
