@@ -402,8 +402,13 @@ def why_slower(fusion: dict[str, Any], record: dict[str, Any]) -> str:
     float-islands try (those ops and their layers in float). When neither is the cause, or removing it did not
     help, the int8 kernels themselves are not faster than the FP32 ones on this host."""
     parts = []
-    if fusion.get("float"):
-        parts.append(f"{fusion['float']} compute op(s) stay float between a dequantize and a quantize "
+    before = record.get("before_fallback")
+    if before and before["ratio"] <= SLOWER:  # the accuracy fallback's float layers cost the speed
+        parts.append(f"the accuracy fallback kept {before['kept']} layer(s) in higher precision"
+                     + (f" ({fusion['float']} compute ops run in float)" if fusion.get("float") else "")
+                     + f"; the INT8 file before it ran {before['ratio']:.2f}x")
+    elif fusion.get("float"):
+        parts.append(f"{fusion['float']} compute op(s) run in float "
                      f"({', '.join(fusion.get('float_nodes', [])[:3])})")
     ops = fusion.get("requantized_ops") or {}
     if ops:
