@@ -52,6 +52,11 @@ def _build(cli, d, name, target, *more):
     return done, out
 
 
+def _error_line(done):
+    """The build's error line (-q keeps warnings, which may come before it)."""
+    return next(line for line in done.stderr.splitlines() if line.startswith("error: "))
+
+
 def _int8(done):
     manifest = json.loads(done.stdout)
     (art,) = [a for a in manifest["artifacts"] if a["precision"] == "int8"]
@@ -73,7 +78,7 @@ def test_planted_layer_fails_the_budget_without_fallback(cli, nets):
     done, out = _build(cli, nets, "planted", "cpu", "--no-fallback")
     assert done.returncode == 4
     assert "Traceback" not in done.stderr and not out.exists()
-    error = done.stderr.splitlines()[0]
+    error = _error_line(done)
     assert error.startswith("error: onnxruntime/int8 is over its accuracy budget") and "top1_agreement" in error
     assert PLANTED in error
 
@@ -118,7 +123,7 @@ def test_microcontroller_build_fails_naming_the_layer_16x8_cannot_repair(cli, ne
     # The planted outlier is undone by the next conv's weights, which stay int8 in a 16x8 layer.
     done, out = _build(cli, nets, "planted", "mcu")
     assert done.returncode == 4 and not out.exists()
-    error = done.stderr.splitlines()[0]
+    error = _error_line(done)
     assert error.startswith("error: tflm/int8 is over its accuracy budget") and "in higher precision" in error
     assert f"layers tried: {PLANTED}" in error
 
@@ -151,7 +156,7 @@ def test_an_attempt_that_does_not_build_is_a_failed_attempt(cli, nets):
     # the TensorRT target has nothing left to quantize. That attempt fails; the build ends with the budget error.
     done, out = _build(cli, nets, "planted", "jetson", "--min-cosine", "1")
     assert done.returncode == 4 and not out.exists()
-    error = done.stderr.splitlines()[0]
+    error = _error_line(done)
     assert error.startswith("error: ") and "over its accuracy budget" in error and "layers tried" in error
     assert "Traceback" not in done.stderr
 
