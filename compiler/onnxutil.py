@@ -86,6 +86,16 @@ def op_histogram(model: Any) -> dict[str, int]:
     return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
+def subgraphs(node: Any) -> list[Any]:
+    """The graphs a node holds in its attributes (an If's branches, a Loop's or Scan's body)."""
+    return [sub for a in node.attribute for sub in ([a.g] if a.HasField("g") else list(a.graphs))]
+
+
+def control_flow_ops(model: Any) -> list[str]:
+    """The op types of the main graph's nodes that hold subgraphs (If, Loop, Scan)."""
+    return sorted({n.op_type for n in model.graph.node if subgraphs(n)})
+
+
 def parameter_count(model: Any) -> int:
     """Elements of floating-point weights (initializers and Constant nodes); shape constants do not count."""
     from onnx import TensorProto
@@ -97,7 +107,7 @@ def parameter_count(model: Any) -> int:
         g = graphs.pop()
         tensors += list(g.initializer)
         tensors += [a.t for n in g.node if n.op_type == "Constant" for a in n.attribute if a.name == "value"]
-        graphs += [sub for n in g.node for a in n.attribute for sub in ([a.g] if a.HasField("g") else list(a.graphs))]
+        graphs += [sub for n in g.node for sub in subgraphs(n)]
     return sum(int(np.prod(t.dims)) if t.dims else 1 for t in tensors if t.data_type in floating)
 
 
@@ -108,11 +118,11 @@ def mac_count(model: Any) -> int:
     inferred = onnx.shape_inference.infer_shapes(model)
     shapes: dict[str, list[int]] = {}
     for vi in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
-        dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 1 for d in vi.type.tensor_type.shape.dim]
+        # an unknown or symbolic dim (dim_value 0 or -1 in some exporters' files) counts as 1
+        dims = [d.dim_value if d.dim_value > 0 else 1 for d in vi.type.tensor_type.shape.dim]
         shapes[vi.name] = dims
     for init in inferred.graph.initializer:
         shapes[init.name] = list(init.dims)
-    shapes = {k: [max(1, int(d)) for d in v] for k, v in shapes.items()}
     macs = 0
     for node in inferred.graph.node:
         out = shapes.get(node.output[0]) if node.output else None
@@ -148,11 +158,7 @@ QUANTIZED_OPS = INT8_KERNELS | {"QuantizeLinear", "DequantizeLinear", "DynamicQu
 
 def quantized_ops(model: Any) -> dict[str, int]:
     """The quantized ops of ``model`` (main graph) and how many of each; empty for a float model."""
-    counts: dict[str, int] = {}
-    for n in model.graph.node:
-        if n.op_type in QUANTIZED_OPS:
-            counts[n.op_type] = counts.get(n.op_type, 0) + 1
-    return counts
+    return dict(collections.Counter(n.op_type for n in model.graph.node if n.op_type in QUANTIZED_OPS))
 
 
 def kernel_counts(model: Any) -> dict[str, int]:
@@ -162,22 +168,16 @@ def kernel_counts(model: Any) -> dict[str, int]:
     # Ops the runtime left in float between a DequantizeLinear and a QuantizeLinear (a PReLU it has no int8
     # kernel for): each costs a dequantize and a quantize on top of its float work.
     producer = {o: n.op_type for n in model.graph.node for o in n.output}
-    consumers: dict[str, list[str]] = {}
-    for n in model.graph.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n.op_type)
+    consumers = consumers_of(model)
     requantized = [
         n for n in model.graph.node
         if n.op_type not in ("QuantizeLinear", "DequantizeLinear")
         and any(producer.get(i) == "DequantizeLinear" for i in n.input)
-        and any(c == "QuantizeLinear" for o in n.output for c in consumers.get(o, []))
+        and any(c.op_type == "QuantizeLinear" for o in n.output for c in consumers.get(o, []))
     ]
-    ops: dict[str, int] = {}
-    for n in requantized:
-        ops[n.op_type] = ops.get(n.op_type, 0) + 1
     return {"int8": int8, "float": len(flt), "float_nodes": [n.name or n.op_type for n in flt],
             "requantized": len(requantized), "requantized_nodes": [n.name or n.op_type for n in requantized][:20],
-            "requantized_ops": ops}
+            "requantized_ops": dict(collections.Counter(n.op_type for n in requantized))}
 
 
 def topological_sort(model: Any) -> None:

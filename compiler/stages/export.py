@@ -64,15 +64,19 @@ class ExportStage(Stage):
         info["constants_moved"] = constants_to_initializers(model)
         # An ONNX file's declared output shapes can be wrong (a [1, seqlen] that gives [T, 1, C]): what it gives,
         # run once on inputs that fit it, is what slimming must keep and what the tasks are read from.
-        given = _output_shapes(model, _merge_spec(loaded.spec, onnx_spec(model)), out_dir) \
-            if loaded.kind == "onnx" else None
-        declared = {t.name: list(t.shape) for t in onnx_spec(model).outputs}
+        given = None
+        if loaded.kind == "onnx":
+            probe_spec = _merge_spec(loaded.spec, onnx_spec(model))
+            declared = {t.name: list(t.shape) for t in probe_spec.outputs}
+            given = _output_shapes(model, probe_spec, out_dir)
         if self.slim:
-            original = onnx.ModelProto()
-            original.CopyFrom(model)
+            original = None
+            if given is not None:  # kept to undo a slimming that changes what the model gives
+                original = onnx.ModelProto()
+                original.CopyFrom(model)
             model = _slim(model, info)
-            if given is not None and info.get("slim") == "applied":
-                changed = _changed(given, _output_shapes(model, _merge_spec(loaded.spec, onnx_spec(model)), out_dir))
+            if original is not None and info.get("slim") == "applied":
+                changed = _changed(given, _output_shapes(model, probe_spec, out_dir))
                 if changed:
                     info["slim"] = f"undone: onnxslim changed {changed}"
                     ctx.report(f"[export] onnxslim changed {changed}: keeping the model as given, unslimmed")
@@ -182,7 +186,7 @@ def _slim(model: Any, info: dict[str, Any]) -> Any:
 
 def _output_shapes(model: Any, spec: InputSpec, out_dir: Path) -> dict[str, tuple[int, ...]] | None:
     """The shape of each output of ``model`` run once by ONNX Runtime on random inputs that fit ``spec``
-    (dynamic axes 1); None when it cannot run so (then nothing is judged by it)."""
+    (``InputSpec.example_feeds``); None when it cannot run so (then nothing is judged by it)."""
     probe = out_dir / "probe" / MODEL_FILE
     try:
         save_model(model, probe)

@@ -253,13 +253,13 @@ class Verifier:
         if found is None:
             layers = sorted({n for a in tried for n in a.kept}, key=nodes.index)
             built = [a for a in tried if a.verdict.metrics]  # attempts that built and ran
-            unbuilt = [a for a in tried if not a.verdict.metrics and len(a.kept) > max((len(b.kept) for b in built),
-                                                                                        default=0)]
             most = max(built, key=lambda a: len(a.kept)) if built else None
+            unbuilt = [a for a in tried if not a.verdict.metrics and len(a.kept) > (len(most.kept) if most else 0)]
             why = (f"keeping up to {len(most.kept)} layer(s) in higher precision did not bring it within budget "
                    "(the figures are that attempt's)" if most else "no attempt built")
             if unbuilt:
-                why += f"; keeping {len(unbuilt[-1].kept)} did not build: {unbuilt[-1].verdict.breaches[0].removeprefix('this attempt did not build: ')}"
+                reason = unbuilt[-1].verdict.breaches[0].removeprefix("this attempt did not build: ")
+                why += f"; keeping {len(unbuilt[-1].kept)} did not build: {reason}"
             raise self._failure(most.verdict if most else verdict, why, layers)
         kept = len(set(found.kept) & set(nodes))
         record["fallback"]["kept_share"] = round(kept / len(nodes), 3)

@@ -12,6 +12,7 @@ from typing import Any
 
 from edgec.compiler.errors import QuantizationError, TargetBuildError, missing_dependency
 from edgec.compiler.onnxutil import (
+    control_flow_ops,
     graph_structure,
     kernel_counts,
     ort_session,
@@ -135,16 +136,11 @@ def fusion_report(path: Path) -> dict[str, Any]:
     return counts
 
 
-def _control_flow(graph: Any) -> list[str]:
-    """The op types of ``graph``'s nodes that hold subgraphs (If, Loop, Scan)."""
-    return sorted({n.op_type for n in graph.graph.node if any(a.type == a.GRAPH or a.graphs for a in n.attribute)})
-
-
 def _why_nothing(graph: Any, keep: list[str]) -> str:
     """Why quantizing ``graph`` (an FP32 model) with ``keep`` left in float gave no int8 kernel, in words."""
     if keep:
         return f"with {len(keep)} node(s) kept in float nothing is left to quantize"
-    control = _control_flow(graph)
+    control = control_flow_ops(graph)
     if control:
         return (f"its layers sit inside {'/'.join(control)} subgraphs, which ONNX Runtime's quantizer leaves in "
                 "float")
@@ -184,7 +180,7 @@ class OnnxRuntimeTarget(Target):
             try:
                 onnx.checker.check_model(str(out))
             except Exception as exc:
-                control = _control_flow(onnx.load(str(model.path), load_external_data=False))
+                control = control_flow_ops(onnx.load(str(model.path), load_external_data=False))
                 raise TargetBuildError(
                     f"the {precision.value} model '{out.name}' is invalid: {' '.join(str(exc).split())[:300]}",
                     hint=(f"the model has {'/'.join(control)} subgraphs, which the {precision.value} converter "
